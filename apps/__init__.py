@@ -1,0 +1,1 @@
+"""Panel dashboards served by ``rastro serve`` and ``rastro demo``."""

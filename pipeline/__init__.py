@@ -1,0 +1,1 @@
+"""Rastro's moving parts: ingest, the streaming job, the stores, the API and the CLI."""

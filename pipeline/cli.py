@@ -1,0 +1,99 @@
+"""The ``rastro`` command: ``demo``, ``serve``, ``simulate`` and ``test``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import SettingError, add_setting_flags, flags_from_namespace
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, one subcommand per thing a user does."""
+    parser = argparse.ArgumentParser(
+        prog="rastro", description="Real-time GPS fleet tracking."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="start everything on embedded services, with simulated vehicles"
+    )
+    add_setting_flags(demo)
+    demo.add_argument("--devices", type=int, default=200, help="simulated vehicles")
+
+    serve = commands.add_parser("serve", help="run Rastro without the simulator")
+    add_setting_flags(serve)
+
+    simulate = commands.add_parser(
+        "simulate", help="drive simulated vehicles against a running Rastro"
+    )
+    simulate.add_argument("--devices", type=int, default=100, help="how many vehicles")
+    simulate.add_argument("--via", choices=["mqtt", "http"], default="http")
+    simulate.add_argument(
+        "--server", default="http://127.0.0.1:8080", help="API URL, or mqtt://HOST:PORT"
+    )
+    simulate.add_argument("--token", default=None, help="bearer token (RASTRO_TOKEN)")
+    simulate.add_argument("--center", default="40.4168,-3.7038", help="LAT,LON")
+    simulate.add_argument("--interval", type=float, default=1.0, help="seconds per fix")
+    simulate.add_argument("--duration", type=float, default=None, help="stop after s")
+    simulate.add_argument(
+        "--register",
+        action="store_true",
+        help="create the simulated devices through the API first",
+    )
+
+    test = commands.add_parser("test", help="run the checks and the whole test suite")
+    test.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    arguments = build_parser().parse_args(argv)
+    try:
+        if arguments.command == "test":
+            return run_tests(arguments.pytest_args)
+        if arguments.command == "simulate":
+            from pipeline.simulate import run_simulator_command
+
+            return run_simulator_command(arguments)
+
+        from pipeline.supervisor import run_rastro
+
+        return run_rastro(
+            flags_from_namespace(arguments),
+            devices=arguments.devices if arguments.command == "demo" else 0,
+        )
+    except SettingError as error:
+        print(f"rastro: {error}", file=sys.stderr)
+        return 2
+
+
+def run_tests(pytest_args: Sequence[str]) -> int:
+    """Lint, type-check, then run pytest; the first failing step decides the exit code."""
+    python = sys.executable
+    steps = [
+        [python, "-m", "ruff", "check", "."],
+        [python, "-m", "ruff", "format", "--check", "."],
+        [python, "-m", "mypy"],
+        [python, "-m", "pytest", *pytest_args],
+    ]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    for step in steps:
+        print("rastro test:", " ".join(step[2:]), flush=True)
+        result = subprocess.run(step, cwd=PROJECT_ROOT, env=env, check=False)
+        if result.returncode != 0:
+            return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

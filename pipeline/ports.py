@@ -1,0 +1,29 @@
+"""Ports: finding a free one for tests, and refusing a taken one with a clear message."""
+
+from __future__ import annotations
+
+import socket
+
+from pipeline.config import SettingError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def ensure_port_free(setting: str, host: str, port: int) -> None:
+    """Raise :class:`SettingError` naming ``setting`` when ``host:port`` is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            flag = "--" + setting.replace("_", "-")
+            message = (
+                f"port {port} on {host} is already in use ({error.strerror}); "
+                f"choose another with {flag} or RASTRO_{setting.upper()}"
+            )
+            raise SettingError(message) from error
