@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_tests(pytest_args: Sequence[str]) -> int:
-    """Lint, type-check, then run pytest; the first failing step decides the exit code."""
+    """Lint, type-check, then run pytest; the first failing step decides the exit."""
     python = sys.executable
     steps = [
         [python, "-m", "ruff", "check", "."],

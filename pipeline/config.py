@@ -1,4 +1,4 @@
-"""Settings for every Rastro process, from flags, ``RASTRO_*`` variables and a TOML file.
+"""Settings for every Rastro process: flags, ``RASTRO_*`` variables, a TOML file.
 
 A setting is looked up in that order: the command-line flag, then the environment
 variable, then the configuration file (``--config FILE`` or ``RASTRO_CONFIG``), then
@@ -64,7 +64,7 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host`` so it never reaches a log."""
+    """Hide the password in ``scheme://user:password@host``; logs never see it."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -95,7 +95,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             dest=spec.name,
             default=None,
             metavar=spec.name.upper(),
-            help=f"{spec.metadata['help']} ({env_name(spec.name)}, default {spec.default})",
+            help=f"{spec.metadata['help']} "
+            f"({env_name(spec.name)}, default {spec.default})",
         )
 
 
@@ -103,7 +104,7 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting from flags, then environment, then the file, then defaults."""
+    """Resolve each setting: flag, then environment, then the file, then default."""
     flags = dict(flags or {})
     environ = os.environ if environ is None else environ
     config_path = flags.get("config") or environ.get("RASTRO_CONFIG")

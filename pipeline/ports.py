@@ -1,4 +1,4 @@
-"""Ports: finding a free one for tests, and refusing a taken one with a clear message."""
+"""Ports: a free one for tests, and a clear refusal of a taken one."""
 
 from __future__ import annotations
 

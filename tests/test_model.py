@@ -1,4 +1,4 @@
-"""The fix model: JSON form, validation, and generated code kept in step with the schema."""
+"""The fix model: JSON form, validation, generated code in step with the schema."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ MODEL_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "model"
 
 
 def test_generated_code_matches_schema(tmp_path: Path) -> None:
-    """Regenerating rastro_pb2 from rastro.proto gives the committed files byte for byte."""
+    """Regenerating rastro_pb2 from rastro.proto gives the committed files."""
     subprocess.run(
         [
             sys.executable,

@@ -61,7 +61,7 @@ def parse_time_ms(text: str) -> int:
         raise FixError(message) from error
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(round(moment.timestamp() * 1000))
+    return round(moment.timestamp() * 1000)
 
 
 def format_time_ms(epoch_ms: int) -> str:
@@ -74,7 +74,7 @@ def format_time_ms(epoch_ms: int) -> str:
 def fix_from_json(
     document: Mapping[str, Any], *, server_time_ms: int, protocol: str = "json"
 ) -> Fix:
-    """Build a fix from its API JSON form, or raise :class:`FixError` naming the field."""
+    """Build a fix from its API JSON form; :class:`FixError` names a bad field."""
     if not isinstance(document, Mapping):
         message = f"a position must be a JSON object, got {type(document).__name__}"
         raise FixError(message)
