@@ -84,7 +84,7 @@ def run_tests(pytest_args: Sequence[str]) -> int:
         [python, "-m", "ruff", "check", "."],
         [python, "-m", "ruff", "format", "--check", "."],
         [python, "-m", "mypy"],
-        [python, "-m", "pytest", *pytest_args],
+        [python, "-m", "pytest", *(pytest_args or ["tests", "notebooks", "--nbmake"])],
     ]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     for step in steps:

@@ -1,3 +1,3 @@
-"""Shared pytest setup. Service fixtures live in tests/fixtures/, one module per area."""
+"""Shared pytest setup. Service fixtures live in tests/fixtures/, one per area."""
 
 pytest_plugins: list[str] = []
