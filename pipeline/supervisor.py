@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -175,7 +175,11 @@ async def _serve(
         ensure_topics,
         tail_topic,
     )
-    from pipeline.store.migrations import ensure_partitions, migrate
+    from pipeline.store.migrations import (
+        ensure_partitions,
+        maintain_partitions,
+        migrate,
+    )
 
     applied = await migrate(addresses.postgres)
     log.info("schema_ready", applied=applied)
@@ -218,6 +222,9 @@ async def _serve(
                     serve_api(osmand, settings.bind, settings.osmand_port, shutdown)
                 )
                 tasks.create_task(_watch_children(running, shutdown))
+                tasks.create_task(
+                    _until(shutdown, maintain_partitions(addresses.postgres))
+                )
                 _announce(settings, generated, started)
                 if devices:
                     tasks.create_task(
@@ -227,6 +234,15 @@ async def _serve(
     finally:
         await redis.aclose()
         await pool.close()
+
+
+async def _until(shutdown: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run a background loop until shutdown, then cancel it."""
+    task = asyncio.ensure_future(work)
+    await shutdown.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _announce(settings: Settings, generated: str | None, started: float) -> None:

@@ -32,10 +32,11 @@ CREATE TABLE devices (
 );
 CREATE INDEX devices_owner_idx ON devices (owner_id);
 
--- Every accepted fix, partitioned by fix time -----------------------------------------
+-- Every accepted fix ---------------------------------------------------------------
 -- Keyed on (device, fix_time) so that a replay after a crash writes nothing twice.
--- The table is partitioned by 002_fixes_partitions.sql (native partitions) or by
--- timescale/002_fixes_hypertable.sql when the TimescaleDB extension is present.
+-- Created plain here, so its columns are defined once; version 002 then partitions it
+-- by fix time: 002_fixes_partitions.sql (native daily partitions) or, when the
+-- TimescaleDB extension is available, timescale/002_fixes_hypertable.sql.
 CREATE TABLE fixes (
     -- identity
     device        text NOT NULL,                 -- devices.unique_id
@@ -57,4 +58,4 @@ CREATE TABLE fixes (
     protocol      text NOT NULL DEFAULT '',
     attributes    jsonb NOT NULL DEFAULT '{}'::jsonb,
     PRIMARY KEY (device, fix_time)
-) PARTITION BY RANGE (fix_time);
+);
