@@ -1,0 +1,293 @@
+"""The streaming job: ``positions`` -> checked, indexed fixes -> stores and ``live``.
+
+Source, watermarks, per-device state, sinks::
+
+    Kafka positions (raw protobuf, group rastro-stream)
+      -> AcceptFixes: decode, validity rules, H3 cell          (Python, thread mode)
+      -> watermarks on fix time, bounded out-of-orderness
+      -> key by device -> DeviceState: drop repeats, latest to Redis
+      -> JDBC upsert into fixes (batched, idempotent on (device, fix_time))
+      -> Kafka live (protobuf with h3 set, key = device)
+
+Checkpoints (hashmap state, under the data folder) commit the Kafka offsets; a
+restarted process resumes from the newest retained checkpoint, or from the group's
+committed offsets when there is none.  Every sink is idempotent or at-least-once, so
+a replay after a crash writes no history row twice and never moves Redis back.
+
+Run ``python -m pipeline.stream.job --kafka HOST:PORT --postgres DSN --redis URL``;
+with ``--flink HOST:PORT`` the job goes to that JobManager instead of a local
+mini-cluster.  Once Flink reports the job RUNNING the process logs
+``stream_job_running`` and writes :func:`running_marker` under the data folder, then
+blocks until the job ends or the process is told to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
+
+from pipeline.config import SettingError, Settings, redact_url
+from pipeline.logs import configure_logging
+
+__all__ = [
+    "CONSUMER_GROUP",
+    "LIVE_TOPIC",
+    "POSITIONS_TOPIC",
+    "JobOptions",
+    "jdbc_target",
+    "job_command",
+    "latest_checkpoint",
+    "main",
+    "running_marker",
+]
+
+log = structlog.get_logger("rastro.stream")
+
+POSITIONS_TOPIC = "positions"
+LIVE_TOPIC = "live"
+CONSUMER_GROUP = "rastro-stream"
+JOB_NAME = "rastro-stream"
+
+#: Fixes may arrive this late relative to the newest one before the watermark passes.
+OUT_OF_ORDERNESS_SECONDS = 30
+#: A Kafka partition with nothing new for this long does not hold the watermark back.
+IDLE_PARTITION_SECONDS = 30
+#: How long a submitted job may take to have its tasks scheduled.
+RUNNING_TIMEOUT_S = 300.0
+_ENDED = frozenset({"FAILED", "CANCELED", "FINISHED", "SUSPENDED"})
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Everything the job needs, from the command line or the supervisor."""
+
+    kafka: str
+    postgres: str
+    redis: str
+    data: Path
+    flink: str = ""
+    h3_resolution: int = 9
+    parallelism: int = 1
+    checkpoint_interval: int = 10
+    from_beginning: bool = False
+
+
+def job_command(settings: Settings, kafka: str, postgres: str, redis: str) -> list[str]:
+    """The argv the supervisor spawns to run the job with these addresses."""
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.stream.job",
+        "--kafka",
+        kafka,
+        "--postgres",
+        postgres,
+        "--redis",
+        redis,
+        "--data",
+        str(settings.data.resolve()),
+        "--h3-resolution",
+        str(settings.h3_resolution),
+        "--checkpoint-interval",
+        str(settings.checkpoint_interval),
+    ]
+    if settings.flink:
+        argv += ["--flink", settings.flink]
+    return argv
+
+
+@dataclass(frozen=True)
+class JdbcTarget:
+    """A PostgreSQL DSN split the way the JDBC connector wants it."""
+
+    url: str
+    username: str
+    password: str
+
+
+def jdbc_target(dsn: str) -> JdbcTarget:
+    """Turn ``postgresql://user:password@host:port/db`` into a JDBC URL and login.
+
+    ``stringtype=unspecified`` lets PostgreSQL cast the attributes text to jsonb.
+    The JDBC driver speaks TCP only, so a DSN without a host (a Unix socket) is
+    refused with a :class:`SettingError`.
+    """
+    parts = urlsplit(dsn)
+    if parts.scheme not in {"postgresql", "postgres"}:
+        message = f"postgres must be a postgresql:// URL, got {redact_url(dsn)!r}"
+        raise SettingError(message)
+    query = parse_qs(parts.query)
+    if not parts.hostname or "host" in query:
+        message = (
+            "the streaming job reaches PostgreSQL over TCP: postgres needs a host "
+            f"in the URL, got {redact_url(dsn)!r}"
+        )
+        raise SettingError(message)
+
+    database = parts.path.lstrip("/") or unquote(parts.username or "postgres")
+    url = (
+        f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}/{database}"
+        "?stringtype=unspecified&reWriteBatchedInserts=true"
+    )
+    return JdbcTarget(
+        url=url,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest completed checkpoint under ``checkpoints``, to resume from.
+
+    Flink writes ``<job id>/chk-<n>/_metadata`` last, so a checkpoint with its
+    metadata file is complete.
+    """
+    completed = list(checkpoints.glob("*/chk-*/_metadata"))
+    if not completed:
+        return None
+    newest = max(completed, key=lambda metadata: metadata.stat().st_mtime)
+    return newest.parent
+
+
+def _parse_args(argv: Sequence[str] | None) -> JobOptions:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stream.job", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--kafka", required=True, help="bootstrap HOST:PORT[,...]")
+    parser.add_argument("--postgres", required=True, help="postgresql:// DSN (TCP)")
+    parser.add_argument("--redis", required=True, help="redis:// URL")
+    parser.add_argument("--flink", default="", help="JobManager HOST:PORT")
+    parser.add_argument("--data", type=Path, default=defaults.data)
+    parser.add_argument("--h3-resolution", type=int, default=defaults.h3_resolution)
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=defaults.checkpoint_interval,
+        help="seconds between checkpoints",
+    )
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="read positions from the earliest offset, ignoring committed ones",
+    )
+    args = parser.parse_args(argv)
+    options = JobOptions(
+        kafka=args.kafka,
+        postgres=args.postgres,
+        redis=args.redis,
+        data=args.data.resolve(),
+        flink=args.flink,
+        h3_resolution=args.h3_resolution,
+        parallelism=args.parallelism,
+        checkpoint_interval=args.checkpoint_interval,
+        from_beginning=args.from_beginning,
+    )
+    _check(options)
+    return options
+
+
+def _check(options: JobOptions) -> None:
+    if not 0 <= options.h3_resolution <= 15:
+        message = f"h3_resolution must be from 0 to 15, got {options.h3_resolution!r}"
+        raise SettingError(message)
+    if options.parallelism < 1:
+        message = f"parallelism must be at least 1, got {options.parallelism!r}"
+        raise SettingError(message)
+    if options.checkpoint_interval < 1:
+        message = (
+            "checkpoint_interval must be at least 1 second, "
+            f"got {options.checkpoint_interval!r}"
+        )
+        raise SettingError(message)
+    jdbc_target(options.postgres)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Submit the job, log ``stream_job_running``, and wait until it ends."""
+    configure_logging()
+    options = _parse_args(argv)
+
+    from pipeline.stream.graph import build_job
+
+    # Thread mode runs Python inside the JVM, which finds the venv through PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    # The JVM's own log goes under the data folder, not into the installed package.
+    flink_logs = options.data / "logs" / "flink"
+    flink_logs.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FLINK_LOG_DIR", str(flink_logs))
+
+    env = build_job(options)
+    # Building the environment (Beam's start-up) lowers the root logger to WARNING;
+    # keep this process's own lifecycle events visible.
+    logging.getLogger("rastro").setLevel(logging.INFO)
+    client = env.execute_async(JOB_NAME)
+    job_id = str(client.get_job_id())
+    marker = running_marker(options.data)
+
+    def cancel(signum: int, frame: FrameType | None) -> None:
+        log.info("stream_job_stopping", job_id=job_id, signal=signum)
+        marker.unlink(missing_ok=True)
+        client.cancel().result()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, cancel)
+    signal.signal(signal.SIGINT, cancel)
+    _wait_until_running(client, job_id)
+    marker.write_text(job_id + "\n")
+    log.info(
+        "stream_job_running",
+        job_id=job_id,
+        flink=options.flink or "local",
+        kafka=options.kafka,
+        postgres=redact_url(options.postgres),
+        parallelism=options.parallelism,
+    )
+    try:
+        client.get_job_execution_result().result()
+    finally:
+        marker.unlink(missing_ok=True)
+    log.info("stream_job_finished", job_id=job_id)
+    return 0
+
+
+def running_marker(data: Path) -> Path:
+    """The file that says the job is running; the supervisor waits for it.
+
+    It holds the job id, is written once Flink reports the job RUNNING and is
+    removed when the job process stops.
+    """
+    return data / "stream-job.running"
+
+
+def _wait_until_running(client: Any, job_id: str) -> None:
+    """Block until Flink reports the job RUNNING; raise if it ended instead."""
+    deadline = time.monotonic() + RUNNING_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status().result())
+        if status.endswith("RUNNING"):
+            return
+        if status.rsplit(".", 1)[-1] in _ENDED:
+            message = f"stream job {job_id} ended as {status} before running"
+            raise RuntimeError(message)
+        time.sleep(0.2)
+    message = f"stream job {job_id} not running after {RUNNING_TIMEOUT_S} s"
+    raise RuntimeError(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The streaming job's entry point, without running Flink: argv, DSN, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import SettingError, Settings
+from pipeline.stream.job import _parse_args, jdbc_target, job_command, latest_checkpoint
+
+REQUIRED = [
+    "--kafka",
+    "127.0.0.1:9092",
+    "--postgres",
+    "postgresql://rastro:pw@127.0.0.1:5432/rastro",
+    "--redis",
+    "redis://127.0.0.1:6379/0",
+]
+
+
+class TestJobCommand:
+    def test_job_command_runs_this_module(self, tmp_path: Path) -> None:
+        settings = Settings(data=tmp_path, h3_resolution=8, checkpoint_interval=5)
+
+        argv = job_command(settings, "k:1", "postgresql://h/db", "redis://r:2/0")
+
+        assert argv[:3] == [sys.executable, "-m", "pipeline.stream.job"]
+        assert argv[argv.index("--kafka") + 1] == "k:1"
+        assert argv[argv.index("--data") + 1] == str(tmp_path.resolve())
+        assert argv[argv.index("--h3-resolution") + 1] == "8"
+        assert argv[argv.index("--checkpoint-interval") + 1] == "5"
+        assert "--flink" not in argv
+
+    def test_job_command_remote_flink(self, tmp_path: Path) -> None:
+        settings = Settings(data=tmp_path, flink="jm.example:8081")
+
+        argv = job_command(settings, "k:1", "postgresql://h/db", "redis://r:2/0")
+
+        assert argv[argv.index("--flink") + 1] == "jm.example:8081"
+
+    def test_job_command_parses_back(self, tmp_path: Path) -> None:
+        settings = Settings(data=tmp_path)
+        argv = job_command(settings, "k:1", "postgresql://u@h/db", "redis://r:2/0")
+
+        options = _parse_args(argv[3:])
+
+        assert options.kafka == "k:1"
+        assert options.h3_resolution == 9
+        assert options.checkpoint_interval == 10
+        assert options.data == tmp_path.resolve()
+        assert not options.from_beginning
+
+
+class TestParseArgs:
+    def test_parse_args_bad_resolution(self) -> None:
+        with pytest.raises(SettingError, match="h3_resolution must be from 0 to 15"):
+            _parse_args([*REQUIRED, "--h3-resolution", "16"])
+
+    def test_parse_args_bad_parallelism(self) -> None:
+        with pytest.raises(SettingError, match="parallelism must be at least 1"):
+            _parse_args([*REQUIRED, "--parallelism", "0"])
+
+    def test_parse_args_bad_checkpoint_interval(self) -> None:
+        with pytest.raises(SettingError, match="checkpoint_interval must be at least"):
+            _parse_args([*REQUIRED, "--checkpoint-interval", "0"])
+
+
+class TestJdbcTarget:
+    def test_jdbc_target_splits_dsn(self) -> None:
+        target = jdbc_target("postgresql://rastro:s%40cret@db.local:6543/fleet")
+
+        assert target.url.startswith("jdbc:postgresql://db.local:6543/fleet?")
+        assert "stringtype=unspecified" in target.url
+        assert target.username == "rastro"
+        assert target.password == "s@cret"
+
+    def test_jdbc_target_default_port(self) -> None:
+        assert "//db.local:5432/fleet" in jdbc_target("postgres://u@db.local/fleet").url
+
+    def test_jdbc_target_refuses_socket_dsn(self) -> None:
+        with pytest.raises(SettingError, match="needs a host"):
+            jdbc_target("postgresql:///rastro?host=/tmp/pg")
+
+    def test_jdbc_target_refuses_other_scheme(self) -> None:
+        with pytest.raises(SettingError, match="must be a postgresql:// URL"):
+            jdbc_target("mysql://u:secret@h/db")
+
+    def test_jdbc_target_error_hides_password(self) -> None:
+        with pytest.raises(SettingError) as caught:
+            jdbc_target("mysql://u:secret@h/db")
+
+        assert "secret" not in str(caught.value)
+
+
+class TestLatestCheckpoint:
+    def test_latest_checkpoint_none_when_empty(self, tmp_path: Path) -> None:
+        assert latest_checkpoint(tmp_path) is None
+
+    def test_latest_checkpoint_newest_complete(self, tmp_path: Path) -> None:
+        old = tmp_path / "job-a" / "chk-7"
+        new = tmp_path / "job-b" / "chk-2"
+        unfinished = tmp_path / "job-b" / "chk-3"
+        for folder in (old, new, unfinished):
+            folder.mkdir(parents=True)
+        (old / "_metadata").write_bytes(b"x")
+        (new / "_metadata").write_bytes(b"x")
+        past = time.time() - 60
+        os.utime(old / "_metadata", (past, past))
+
+        assert latest_checkpoint(tmp_path) == new
