@@ -1,1 +1,1 @@
-"""The geospatial core: pure, I/O-free functions the pipeline, replay and notebooks share."""
+"""The geospatial core: pure, I/O-free functions shared by pipeline and notebooks."""

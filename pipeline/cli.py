@@ -47,6 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the simulated devices through the API first",
     )
+    simulate.add_argument("--user", default=None, help="log in as this user")
+    simulate.add_argument(
+        "--password", default=None, help="password for --user (RASTRO_PASSWORD)"
+    )
+    simulate.add_argument(
+        "--format", choices=["json", "protobuf"], default="json", help="wire format"
+    )
+    simulate.add_argument(
+        "--region", default="madrid", help="MQTT topic region: gps/REGION/ID"
+    )
+    simulate.add_argument("--seed", type=int, default=0, help="seed of the vehicles")
+    simulate.add_argument(
+        "--http2", action="store_true", help="speak HTTP/2 (h2c) instead of 1.1"
+    )
+    simulate.add_argument(
+        "--batch-size", type=int, default=500, help="fixes per HTTP request"
+    )
+    simulate.add_argument(
+        "--mqtt-window", type=int, default=100, help="MQTT messages awaiting PUBACK"
+    )
 
     test = commands.add_parser("test", help="run the checks and the whole test suite")
     test.add_argument(

@@ -47,6 +47,9 @@ class Settings:
     flink: str = _setting("", "Flink JobManager HOST:PORT; empty: local mini-cluster")
     kafka_partitions: int = _setting(8, "partitions of the positions topic")
     h3_resolution: int = _setting(9, "H3 resolution fixes are indexed at")
+    checkpoint_interval: int = _setting(
+        10, "seconds between checkpoints of the streaming job"
+    )
     map_style: str = _setting("", "MapLibre style URL for street maps; empty: offline")
     admin_password: str = _setting(
         "", "password of 'admin' on first start; empty: random", flag=False
@@ -159,7 +162,7 @@ def _convert(name: str, raw: Any, kind: type) -> Any:
             message = f"setting {name!r} must be a port from 0 to 65535, got {number!r}"
             raise SettingError(message)
         return number
-    if kind is Path:
+    if issubclass(kind, Path):
         return Path(str(raw))
     return str(raw)
 

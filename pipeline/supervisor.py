@@ -31,6 +31,9 @@ log = structlog.get_logger("rastro.supervisor")
 
 _S = TypeVar("_S", bound="Service")
 
+#: How long the streaming job may take to start (the first run downloads jars).
+STREAM_JOB_READY_TIMEOUT_S = 600.0
+
 
 class Service(Protocol):
     """What the embedded service classes in :mod:`pipeline.services` share."""
@@ -163,7 +166,7 @@ async def _serve(
     from pipeline.api.app import ApiContext, create_api, serve_api
     from pipeline.api.auth import ensure_admin
     from pipeline.ingest.directory import DeviceDirectory
-    from pipeline.ingest.limiter import RateLimiter
+    from pipeline.ingest.limiter import DeviceRateLimiter
     from pipeline.ingest.mqtt import MqttBridge
     from pipeline.ingest.osmand import create_osmand_app
     from pipeline.ingest.service import IngestService
@@ -193,21 +196,23 @@ async def _serve(
     _spawn_dashboard(settings, api_url, running)
 
     shutdown = asyncio.Event()
+    ready = asyncio.Event()
     _install_signal_handlers(shutdown)
 
     pool = await asyncpg.create_pool(addresses.postgres, min_size=1, max_size=10)
-    redis = aioredis.from_url(addresses.redis)
+    redis = aioredis.Redis.from_url(addresses.redis)
+    limiter = DeviceRateLimiter(addresses.redis)
     try:
         generated = await ensure_admin(pool, settings.admin_password or None)
         async with DurableProducer(addresses.kafka) as producer:
             directory = DeviceDirectory(pool)
-            limiter = RateLimiter(redis)
             ingest = IngestService(producer, directory, limiter)
             context = ApiContext(
                 pool=pool,
                 redis=redis,
                 ingest=ingest,
                 live_source=lambda: tail_topic(addresses.kafka, LIVE),
+                ready=ready,
             )
             api = create_api(context)
             osmand = create_osmand_app(ingest)
@@ -225,13 +230,16 @@ async def _serve(
                 tasks.create_task(
                     _until(shutdown, maintain_partitions(addresses.postgres))
                 )
-                _announce(settings, generated, started)
+                tasks.create_task(
+                    _announce_when_ready(settings, generated, started, ready, shutdown)
+                )
                 if devices:
                     tasks.create_task(
                         _run_demo_simulator(pool, api_url, devices, shutdown)
                     )
                 await shutdown.wait()
     finally:
+        await limiter.close()
         await redis.aclose()
         await pool.close()
 
@@ -243,6 +251,37 @@ async def _until(shutdown: asyncio.Event, work: Coroutine[Any, Any, None]) -> No
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _announce_when_ready(
+    settings: Settings,
+    generated: str | None,
+    started: float,
+    ready: asyncio.Event,
+    shutdown: asyncio.Event,
+) -> None:
+    """Wait for the streaming job to run, then say where everything is.
+
+    Until then fixes are accepted and kept in Kafka, but nothing reaches the map;
+    ``/api/v1/health`` reports ``ready: false`` meanwhile.
+    """
+    from pipeline.stream.job import running_marker
+
+    marker = running_marker(settings.data.resolve())
+    deadline = time.monotonic() + STREAM_JOB_READY_TIMEOUT_S
+    while not marker.exists() and not shutdown.is_set():
+        if time.monotonic() > deadline:
+            log.error(
+                "stream_job_not_running",
+                waited_s=STREAM_JOB_READY_TIMEOUT_S,
+                log=str(settings.data.resolve() / "logs" / "stream-job.log"),
+            )
+            break
+        await asyncio.sleep(0.25)
+    if shutdown.is_set():
+        return
+    ready.set()
+    _announce(settings, generated, started)
 
 
 def _announce(settings: Settings, generated: str | None, started: float) -> None:
@@ -293,8 +332,9 @@ def _install_signal_handlers(shutdown: asyncio.Event) -> None:
 def _spawn_stream_job(
     settings: Settings, addresses: Addresses, running: RunningRastro
 ) -> None:
-    from pipeline.stream.job import job_command
+    from pipeline.stream.job import job_command, running_marker
 
+    running_marker(settings.data.resolve()).unlink(missing_ok=True)
     argv = job_command(settings, addresses.kafka, addresses.postgres, addresses.redis)
     _spawn(running, "stream-job", argv, settings.data.resolve() / "logs")
 
@@ -364,14 +404,21 @@ def _child_env() -> dict[str, str]:
 
 
 def _stop_process(name: str, process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        log.warning("process_killed", process=name, pid=process.pid)
+    """Ask the child to stop, then clear whatever is left of its process group.
+
+    The leader is signalled alone first: the streaming job cancels its Flink job
+    through the JVM it started, which must still be alive to hear it.
+    """
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            log.warning("process_killed", process=name, pid=process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # The group outlives its leader when a grandchild (a JVM) is still running.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)

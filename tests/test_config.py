@@ -51,6 +51,12 @@ class TestLoadSettings:
         assert settings.kafka == "k1:9092"
         assert settings.http_port == 81
 
+    def test_data_folder_is_a_path_from_any_source(self, tmp_path: Path) -> None:
+        settings = load_settings({}, environ={"RASTRO_DATA": str(tmp_path)})
+
+        assert isinstance(settings.data, Path)
+        assert settings.data.resolve() == tmp_path.resolve()
+
     def test_bad_port_names_the_setting(self) -> None:
         with pytest.raises(SettingError, match="'http_port' must be a whole number"):
             load_settings({}, environ={"RASTRO_HTTP_PORT": "eighty"})
