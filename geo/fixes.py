@@ -8,12 +8,16 @@ I/O or logs: a rejected fix comes back as a :class:`Rejection` reason code.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import h3
 
 __all__ = [
     "MAX_AHEAD_MS",
+    "FixPoint",
     "Rejection",
     "h3_cell",
     "h3_hex",
@@ -23,6 +27,38 @@ __all__ = [
 #: How far a fix time may lie ahead of the server's clock (one day, in milliseconds).
 #: Trackers with a broken clock or a GPS week-rollover bug report times far ahead.
 MAX_AHEAD_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class FixPoint:
+    """One fix of one device, as every ``geo`` state machine reads it.
+
+    The streaming job builds it from a protobuf ``Fix`` (attributes JSON-decoded);
+    replay and notebooks build it from history rows.  Units: degrees, km/h, metres,
+    epoch milliseconds UTC.  ``attributes`` uses the shared vocabulary of
+    ``pipeline.ingest.protocols.base`` (``ignition``, ``motion``, ``alarm``,
+    ``hdop``, ``odometer``, ``hours``, ``battery``, ``batteryLevel``, ``power``,
+    ``cellLocation`` ...).
+    """
+
+    device: str
+    time_ms: int
+    latitude: float
+    longitude: float
+    speed_kmh: float | None = None
+    course: float | None = None
+    altitude: float | None = None
+    accuracy: float | None = None
+    satellites: int | None = None
+    valid: bool = True
+    server_time_ms: int = 0
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ignition(self) -> bool | None:
+        """The device's ignition flag, ``None`` when it reports none."""
+        value = self.attributes.get("ignition")
+        return value if isinstance(value, bool) else None
 
 
 class Rejection(StrEnum):
