@@ -24,6 +24,8 @@ __all__ = [
 
 # What "the database cannot be used right now" looks like from asyncpg: no socket,
 # a lost or refused connection, a server shutting down, or no answer in time.
+# InternalClientError is what a pooled connection whose backend was terminated
+# raises when the next query races the connection's teardown (seen in CI).
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -31,6 +33,7 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
