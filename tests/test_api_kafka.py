@@ -57,6 +57,94 @@ async def ingest_client(
             yield client, topic
 
 
+class CountingPool:
+    """The real pool, counting the queries made through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.queries = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.pool, name)
+        if name not in {"fetch", "fetchrow", "fetchval", "execute"}:
+            return attribute
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.queries += 1
+            return await attribute(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture
+async def cached_ingest(
+    api_pool: asyncpg.Pool,
+    api_redis: aioredis.Redis,
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+) -> AsyncIterator[tuple[httpx.AsyncClient, CountingPool]]:
+    """A client of an API whose device directory caches, as in production."""
+    pool = CountingPool(api_pool)
+    directory = DeviceDirectory(pool)  # type: ignore[arg-type]
+    async with DurableProducer(kafka_bootstrap) as producer:
+        ingest = IngestService(producer, directory, topic=kafka_topic())
+        context = ApiContext(pool=pool, redis=api_redis, ingest=ingest)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=create_api(context))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver"
+        ) as client:
+            yield client, pool
+
+
+class TestReportOwnership:
+    async def test_batch_of_many_devices_costs_few_queries(
+        self,
+        cached_ingest: tuple[httpx.AsyncClient, CountingPool],
+        alice: Caller,
+    ) -> None:
+        """A 50-device batch: the token and one ownership query, not one per device."""
+        client, pool = cached_ingest
+        mine = [await _register(client, alice) for _ in range(50)]
+        fixes = [
+            {"uniqueId": device, "latitude": 48.1, "longitude": 11.5} for device in mine
+        ]
+        before = pool.queries
+
+        response = await client.post(
+            "/api/v1/positions", json=fixes, headers=alice.headers
+        )
+
+        assert response.status_code == 200, response.text
+        assert response.json() == {"accepted": 50}
+        assert pool.queries - before == 2
+
+    async def test_device_registered_after_refusal_reports_at_once(
+        self,
+        cached_ingest: tuple[httpx.AsyncClient, CountingPool],
+        alice: Caller,
+    ) -> None:
+        """Registering forgets the cached "unknown" answer of that uniqueId."""
+        client, _ = cached_ingest
+        device = unique_id()
+        fix = {"uniqueId": device, "latitude": 48.1, "longitude": 11.5}
+        refused = await client.post(
+            "/api/v1/positions", json=fix, headers=alice.headers
+        )
+
+        created = await client.post(
+            "/api/v1/devices",
+            json={"uniqueId": device, "name": "new van"},
+            headers=alice.headers,
+        )
+        accepted = await client.post(
+            "/api/v1/positions", json=fix, headers=alice.headers
+        )
+
+        assert refused.status_code == 400
+        assert created.status_code == 201
+        assert accepted.status_code == 200, accepted.text
+
+
 class TestReportPositions:
     async def test_report_accepts_only_own_devices(
         self,

@@ -7,6 +7,7 @@ refusal.  A device outside the caller's view answers 404, never 403.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,7 +181,7 @@ async def create_device(request: Request) -> Response:
         )
     except devices.DeviceExistsError as error:
         raise ApiError(409, str(error)) from error
-    _hub(request).devices_changed(user.id)
+    _devices_changed(request, user.id, device.unique_id)
     return JSONResponse(device.to_json(), status_code=201)
 
 
@@ -213,7 +214,8 @@ async def update_device(request: Request) -> Response:
         raise ApiError(409, str(error)) from error
     if device is None:
         raise _no_such_device(request)
-    _hub(request).devices_changed(device.owner_id)
+    # A changed uniqueId leaves the old one cached too: forget them all.
+    _devices_changed(request, device.owner_id, None)
     return JSONResponse(device.to_json())
 
 
@@ -224,7 +226,7 @@ async def delete_device(request: Request) -> Response:
     )
     if device is None:
         raise _no_such_device(request)
-    _hub(request).devices_changed(device.owner_id)
+    _devices_changed(request, device.owner_id, device.unique_id)
     return Response(status_code=204)
 
 
@@ -248,6 +250,18 @@ def _no_such_device(request: Request) -> ApiError:
 def _hub(request: Request) -> LiveHub:
     hub: LiveHub = request.app.state.hub
     return hub
+
+
+def _devices_changed(request: Request, owner_id: int, unique_id: str | None) -> None:
+    """Tell the live hub and this process's ingest cache that devices changed.
+
+    ``unique_id`` ``None`` forgets every cached ownership answer.  Other ingest
+    instances notice within their directory's TTL.
+    """
+    _hub(request).devices_changed(owner_id)
+    ingest = context_of(request).ingest
+    if ingest is not None and ingest.directory is not None:
+        ingest.directory.forget(unique_id)
 
 
 # -- positions -------------------------------------------------------------------------
@@ -293,13 +307,18 @@ async def report_positions(request: Request) -> Response:
     from pipeline.ingest.http import ingest_positions
 
     user = caller(request)
-    owned: set[str] | None = None
+    directory = context.ingest.directory
+    owned: asyncio.Task[set[str]] | None = None
 
     async def may_report(unique_id: str) -> bool:
+        # Called for every device of a batch at once: the directory answers them
+        # all from one cached query; without one, the owned set is read once.
         nonlocal owned
+        if directory is not None:
+            return await directory.owner_of(unique_id) == user.id
         if owned is None:
-            owned = await devices.owned_unique_ids(context.pool, user.id)
-        return unique_id in owned
+            owned = asyncio.create_task(devices.owned_unique_ids(context.pool, user.id))
+        return unique_id in await owned
 
     return await ingest_positions(request, context.ingest, may_report)
 
