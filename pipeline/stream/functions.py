@@ -47,6 +47,9 @@ __all__ = [
 
 log = structlog.get_logger("rastro.stream")
 
+#: The longest a device's newest fix waits before it is written to Redis.
+LATEST_FLUSH_MS = 200
+
 #: How long a device remembers the fixes it accepted, to drop exact repeats.
 #: Trackers resend their unacknowledged buffer after a reconnect, within minutes.
 DEDUP_TTL_HOURS = 1
@@ -110,7 +113,7 @@ class FixTime(TimestampAssigner):  # type: ignore[misc]
 
 
 class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
-    """Per device: drop exact repeats, advance the latest fix in Redis.
+    """Per device: drop exact repeats, advance the latest fix in Redis (batched).
 
     State: the newest accepted fix time, and the position accepted at each recent
     fix time (kept :data:`DEDUP_TTL_HOURS`).  Both are checkpointed, so after a
@@ -134,7 +137,7 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._duplicates = runtime_context.get_metrics_group().counter(
             "fixes_duplicate"
         )
-        self._store = LatestStore(self._redis_url)
+        self._store = LatestStore(self._redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
 
     def close(self) -> None:
         """Close the Redis connection."""
@@ -160,6 +163,29 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._seen.put(fix_time_ms, signature)
         if verdict.newest:
             self._latest.update(fix_time_ms)
-            assert self._store is not None
-            self._store.advance(value[0], fix_time_ms, value[14])
+            self._offer_latest(value[0], fix_time_ms, value[14], ctx)
         yield value
+
+    def on_timer(
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
+    ) -> Iterator[Row]:
+        """Write the latest fixes still pending when traffic paused."""
+        assert self._store is not None
+        self._store.flush()
+        return iter(())
+
+    def _offer_latest(
+        self,
+        device: str,
+        fix_time_ms: int,
+        document: str,
+        ctx: KeyedProcessFunction.Context,
+    ) -> None:
+        # A processing-time timer flushes a batch that no later fix completes.
+        assert self._store is not None
+        was_empty = self._store.pending == 0
+        self._store.offer(device, fix_time_ms, document)
+        if was_empty and self._store.pending:
+            service = ctx.timer_service()
+            due = service.current_processing_time() + LATEST_FLUSH_MS
+            service.register_processing_time_timer(due)

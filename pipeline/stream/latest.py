@@ -4,13 +4,23 @@
 ``rastro:latest:time`` maps it to that fix's time in epoch milliseconds.  One Lua
 script compares and writes both atomically, so a replay after a crash, an
 out-of-order fix or two writers racing can never move a device back in time.
+
+Writes are batched: :meth:`LatestStore.offer` keeps the newest pending fix per
+device and :meth:`LatestStore.flush` sends them in one pipelined round trip, when
+``max_pending`` devices wait or the oldest has waited ``max_delay_s``.  One round
+trip per fix capped the job at about a thousand fixes per second.
 """
 
 from __future__ import annotations
 
+import time
+
 import redis
+import structlog
 
 __all__ = ["LATEST_KEY", "LATEST_TIME_KEY", "LatestStore"]
+
+log = structlog.get_logger("rastro.stream")
 
 LATEST_KEY = "rastro:latest"
 LATEST_TIME_KEY = "rastro:latest:time"
@@ -26,23 +36,81 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
 
 class LatestStore:
-    """Write-if-newer access to the latest-fix hashes of one Redis server."""
+    """Batched write-if-newer access to the latest-fix hashes of one Redis server.
 
-    def __init__(self, url: str) -> None:
-        self._client: redis.Redis = redis.Redis.from_url(url)
+    ``max_pending`` devices or ``max_delay_s`` seconds of waiting trigger a flush
+    from :meth:`offer`; the caller also flushes on a timer when traffic stops.
+    While Redis is unreachable a flush drops its batch and logs once: the latest
+    positions go stale, history and the live feed go on, and the next fix of each
+    device writes it again.
+    """
+
+    def __init__(
+        self, url: str, *, max_pending: int = 500, max_delay_s: float = 0.2
+    ) -> None:
+        self._client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=5.0
+        )
         self._advance = self._client.register_script(_ADVANCE)
+        self.max_pending = max_pending
+        self.max_delay_s = max_delay_s
+        self._pending: dict[str, tuple[int, str]] = {}
+        self._oldest_at = 0.0
+        self._down = False
 
-    def advance(self, device: str, fix_time_ms: int, document: str) -> bool:
-        """Store ``document`` as the device's latest fix unless a newer one is there.
+    @property
+    def pending(self) -> int:
+        """How many devices wait to be written."""
+        return len(self._pending)
 
-        Returns whether it was stored.
-        """
+    def offer(self, device: str, fix_time_ms: int, document: str) -> None:
+        """Queue ``document`` as the device's latest fix; flush when due."""
+        queued = self._pending.get(device)
+        if queued is None or queued[0] < fix_time_ms:
+            if not self._pending:
+                self._oldest_at = time.monotonic()
+            self._pending[device] = (fix_time_ms, document)
+
+        waited = time.monotonic() - self._oldest_at
+        if len(self._pending) >= self.max_pending or waited >= self.max_delay_s:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write every pending fix that is newer than Redis's; return how many were."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+
+        pipe = self._client.pipeline(transaction=False)
         keys = [LATEST_KEY, LATEST_TIME_KEY]
-        stored = self._advance(keys=keys, args=[device, fix_time_ms, document])
-        return bool(stored)
+        for device, (fix_time_ms, document) in batch.items():
+            self._advance(keys=keys, args=[device, fix_time_ms, document], client=pipe)
+        try:
+            stored = pipe.execute()
+        except _REDIS_DOWN as error:
+            self._note_down(error, len(batch))
+            return 0
+
+        if self._down:
+            self._down = False
+            log.info("latest_store_recovered")
+        return sum(int(result) for result in stored)
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Flush what is pending, then close the connection pool."""
+        self.flush()
         self._client.close()
+
+    def _note_down(self, error: BaseException, dropped: int) -> None:
+        if not self._down:
+            log.warning(
+                "latest_store_unavailable",
+                reason=type(error).__name__,
+                dropped=dropped,
+                effect="latest positions stale until Redis is back",
+            )
+        self._down = True
