@@ -27,7 +27,7 @@ from pipeline.store.migrations import (
 
 pytestmark = pytest.mark.integration
 
-ALL_FILES = ["001_core", "002_fixes_partitions"]
+ALL_FILES = ["001_core", "002_fixes_partitions", "003_motion_geofences_events"]
 INSERT_FIX = """
 INSERT INTO fixes (device, fix_time, server_time, latitude, longitude, valid)
 VALUES ($1, $2, now(), $3, $4, true)
@@ -74,10 +74,9 @@ class TestMigrate:
         )
         await connection.close()
 
-        assert [(row["version"], row["name"]) for row in rows] == [
-            (1, ALL_FILES[0]),
-            (2, ALL_FILES[1]),
-        ]
+        assert [(row["version"], row["name"]) for row in rows] == list(
+            enumerate(ALL_FILES, start=1)
+        )
         assert all(len(row["checksum"]) == 64 and row["applied_at"] for row in rows)
 
     async def test_migrate_changed_file_refused(
@@ -132,7 +131,7 @@ class TestMigrate:
         )
         await connection.close()
         assert half_done is None
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
 
     async def test_migrate_badly_named_file_refused(self, tmp_path: Path) -> None:
         (tmp_path / "1_core.sql").write_text("SELECT 1;")
@@ -175,7 +174,11 @@ class TestMigrationPlan:
         timescale = [m.name for m in plan(variants, "timescale")]
 
         assert plain == ALL_FILES
-        assert timescale == ["001_core", "timescale/002_fixes_hypertable"]
+        assert timescale == [
+            "001_core",
+            "timescale/002_fixes_hypertable",
+            "003_motion_geofences_events",
+        ]
 
     def test_discover_duplicate_version_refused(self, tmp_path: Path) -> None:
         (tmp_path / "001_a.sql").write_text("SELECT 1;")
@@ -307,6 +310,44 @@ class TestFixesPartitions:
             "user_tokens",
             "users",
         ]
+
+    async def test_derived_tables_present(self, db: asyncpg.Connection) -> None:
+        derived = [
+            "daily_summaries",
+            "device_groups",
+            "events",
+            "geofence_assignments",
+            "geofence_visits",
+            "geofences",
+            "h3_hourly",
+            "idles",
+            "stops",
+            "trips",
+        ]
+
+        tables = await db.fetch(
+            "SELECT relname FROM pg_class WHERE relname = ANY($1::text[])"
+            " AND relkind IN ('r', 'p')",
+            derived,
+        )
+
+        assert sorted(row["relname"] for row in tables) == derived
+
+    async def test_filtered_fix_keeps_its_reason_in_a_partition(
+        self, db: asyncpg.Connection
+    ) -> None:
+        await db.execute(
+            "INSERT INTO fixes (device, fix_time, server_time, latitude, longitude,"
+            " valid, filter) VALUES ('jumpy', now(), now(), 1, 2, true, 'jump')"
+        )
+
+        row = await db.fetchrow(
+            "SELECT tableoid::regclass::text AS part, filter FROM fixes"
+            " WHERE device = 'jumpy'"
+        )
+
+        assert row["filter"] == "jump"
+        assert row["part"].startswith("fixes_2")
 
 
 class TestMaintainPartitions:
