@@ -43,6 +43,7 @@ vocabulary (values in SI units unless the name says otherwise):
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ __all__ = [
     "TrackerProtocol",
     "TrackerSession",
     "alarm_event",
+    "encode_attribute",
     "new_fix",
 ]
 
@@ -233,9 +235,35 @@ def new_fix(
         fix.accuracy = accuracy
     if satellites is not None:
         fix.satellites = satellites
-    for key, value in (attributes or {}).items():
-        fix.attributes[key] = json.dumps(value)
+    if attributes:
+        fix.attributes.update(
+            {key: encode_attribute(value) for key, value in attributes.items()}
+        )
     return fix
+
+
+def encode_attribute(value: Any) -> str:
+    """JSON text of one attribute value, as ``json.dumps`` writes it, but faster.
+
+    Decoders build a fix per record on the hot path; ``json.dumps`` costs about
+    2 µs per value, most of it for values that need no escaping at all.
+
+    Examples
+    --------
+    >>> [encode_attribute(v) for v in (True, 12, 3.5, "on", None)]
+    ['true', '12', '3.5', '"on"', 'null']
+    """
+    kind = type(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is float and math.isfinite(value):
+        return repr(value)
+    if kind is str and value.isascii() and value.isprintable():
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+    return json.dumps(value)
 
 
 def alarm_event(fix: Fix, alarm: str) -> Event:
