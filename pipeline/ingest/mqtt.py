@@ -19,6 +19,11 @@ protobuf message of ours can start with those).  The device in the topic must ma
 the payload's uniqueId and fills it in when absent; the region is kept as the
 attribute ``region``.
 
+That is the default ``decoder``; a bridge for another topic tree and payload format
+(OwnTracks, :mod:`pipeline.ingest.owntracks`) passes its own.  A decoder turns one
+message into a :class:`DecodedMessage`: fixes, events (published to the ``events``
+topic once the fixes are in) and the records it refused.
+
 paho runs its network loop on its own thread; each message is handed to the event
 loop with ``run_coroutine_threadsafe`` and published in batches.  At most
 ``max_in_flight`` messages are held unacknowledged (MQTT 5 tells the broker so with
@@ -37,7 +42,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
@@ -49,6 +54,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pipeline.config import redact_url
+from pipeline.ingest.events import EventPublisher
 from pipeline.ingest.payloads import (
     ParsedBatch,
     PayloadError,
@@ -56,11 +62,18 @@ from pipeline.ingest.payloads import (
     parse_json_positions,
     parse_protobuf_positions,
 )
-from pipeline.ingest.service import IngestService, Screened
-from pipeline.kafka import KafkaUnavailable
-from pipeline.model import Fix
+from pipeline.ingest.service import IngestService
+from pipeline.kafka import EVENTS, KafkaUnavailable
+from pipeline.model import Event, Fix
 
-__all__ = ["MqttBridge", "MqttBridgeError", "decode_message"]
+__all__ = [
+    "DecodedMessage",
+    "MessageDecoder",
+    "MqttBridge",
+    "MqttBridgeError",
+    "decode_message",
+    "decode_positions",
+]
 
 log = structlog.get_logger("rastro.ingest.mqtt")
 
@@ -89,6 +102,30 @@ class _Message:
     topic: str
     payload: bytes
     received_ms: int
+
+
+@dataclass
+class DecodedMessage:
+    """What one message said: its fixes and events, and the records refused.
+
+    ``rejected`` indexes count records within the message; the bridge logs each
+    one and acknowledges the message all the same.
+    """
+
+    fixes: list[Fix] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+#: ``decoder(topic, payload, server_time_ms)``; raises
+#: :class:`~pipeline.ingest.payloads.PayloadError` for a message it cannot read.
+MessageDecoder = Callable[[str, bytes, int], DecodedMessage]
+
+
+def decode_positions(topic: str, payload: bytes, server_time_ms: int) -> DecodedMessage:
+    """The default decoder: :func:`decode_message`'s fixes, no events."""
+    batch = decode_message(topic, payload, server_time_ms=server_time_ms)
+    return DecodedMessage([fix for _, fix in batch.fixes], [], batch.rejected)
 
 
 def decode_message(topic: str, payload: bytes, *, server_time_ms: int) -> ParsedBatch:
@@ -139,7 +176,9 @@ class MqttBridge:
     ``client_id`` should be stable across restarts of one instance (and differ
     between instances): the broker keeps the session, and so the unacknowledged
     messages, under it.  ``may_report`` decides whether a device may report
-    (default: it is registered in the ingest service's directory).
+    (default: it is registered in the ingest service's directory).  ``decoder``
+    reads a message (default :func:`decode_positions`); the events it returns go
+    to ``events_topic``.
     """
 
     def __init__(
@@ -152,6 +191,8 @@ class MqttBridge:
         topic: str = DEFAULT_TOPIC,
         client_id: str | None = None,
         may_report: Callable[[str], Awaitable[bool]] | None = None,
+        decoder: MessageDecoder = decode_positions,
+        events_topic: str = EVENTS,
         max_in_flight: int = MAX_IN_FLIGHT,
         batch_size: int = BATCH_SIZE,
         session_expiry_s: int = SESSION_EXPIRY_S,
@@ -166,6 +207,8 @@ class MqttBridge:
         self.subscription = f"$share/{group}/{topic}" if shared else topic
         self.client_id = client_id or f"{group}-{socket.gethostname()}-{os.getpid()}"
         self.may_report = may_report or ingest.known_device
+        self.decoder = decoder
+        self.events = EventPublisher(ingest.producer, events_topic)
         if not 1 <= max_in_flight <= 65535:
             message = f"max_in_flight must be from 1 to 65535, got {max_in_flight!r}"
             raise ValueError(message)
@@ -377,37 +420,40 @@ class MqttBridge:
 
     async def _handle(self, messages: list[_Message]) -> None:
         fixes: list[tuple[int, Fix]] = []
+        events: list[tuple[int, Event]] = []
         for number, message in enumerate(messages):
-            fixes.extend((number, fix) for fix in self._decode(message))
+            decoded = self._decode(message)
+            fixes.extend((number, fix) for fix in decoded.fixes)
+            events.extend((number, event) for event in decoded.events)
 
         screened = await self.ingest.screen(fixes, self.may_report)
-        self._log_refused(screened, messages)
-        if not await self._publish_until_acked(screened):
+        screened_events = await self.events.screen(events, self.may_report)
+        self._log_refused([*screened.rejected, *screened_events.rejected], messages)
+        admitted_events = [event for _, event in screened_events.admitted]
+        if not await self._publish_until_acked(screened.admitted, admitted_events):
             return  # stopping: the broker redelivers what is left unacknowledged
         for message in messages:
             self._ack(message)
 
-    def _decode(self, message: _Message) -> list[Fix]:
+    def _decode(self, message: _Message) -> DecodedMessage:
         try:
-            batch = decode_message(
-                message.topic, message.payload, server_time_ms=message.received_ms
-            )
+            decoded = self.decoder(message.topic, message.payload, message.received_ms)
         except PayloadError as error:
             self._malformed(message.topic, str(error))
-            return []
-        for rejection in batch.rejected:
+            return DecodedMessage()
+        for rejection in decoded.rejected:
             self._malformed(
                 message.topic, f"record {rejection.index}: {rejection.reason}"
             )
-        self.ingest.rejected.update(rejection.kind for rejection in batch.rejected)
-        return [fix for _, fix in batch.fixes]
+        self.ingest.rejected.update(rejection.kind for rejection in decoded.rejected)
+        return decoded
 
     def _malformed(self, topic: str, reason: str) -> None:
         self.malformed += 1
         log.warning("mqtt_payload_malformed", topic=topic, reason=reason)
 
-    def _log_refused(self, screened: Screened, messages: list[_Message]) -> None:
-        for rejection in screened.rejected:
+    def _log_refused(self, rejected: list[Rejection], messages: list[_Message]) -> None:
+        for rejection in rejected:
             topic = messages[rejection.index].topic
             if rejection.kind != "unknown_device":
                 log.warning("mqtt_fix_refused", topic=topic, reason=rejection.reason)
@@ -422,12 +468,18 @@ class MqttBridge:
             self._unknown.popitem(last=False)
         return True
 
-    async def _publish_until_acked(self, screened: Screened) -> bool:
+    async def _publish_until_acked(
+        self, fixes: list[tuple[int, Fix]], events: list[Event]
+    ) -> bool:
         pause = RETRY_MIN_S
         failed_before = False
+        fixes_done = False
         while not self._stopping.is_set():
             try:
-                await self.ingest.publish(screened.admitted)
+                if not fixes_done:
+                    await self.ingest.publish(fixes)
+                    fixes_done = True  # a retry for the events must not resend them
+                await self.events.publish(events)
             except KafkaUnavailable as error:
                 if not failed_before:
                     log.warning("mqtt_kafka_unavailable", error=str(error))
@@ -436,7 +488,7 @@ class MqttBridge:
                 pause = min(pause * 2, RETRY_MAX_S)
                 continue
             if failed_before:
-                log.info("mqtt_kafka_recovered", fixes=len(screened.admitted))
+                log.info("mqtt_kafka_recovered", fixes=len(fixes), events=len(events))
             return True
         return False
 
