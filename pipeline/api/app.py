@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from pipeline.api import routes
+from pipeline.api import motion, notifications, routes
 from pipeline.api.auth import authenticate
 from pipeline.api.context import ApiContext
 from pipeline.api.errors import DATABASE_DOWN, ApiError, error_response
@@ -63,7 +63,7 @@ async def _openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(ENDPOINTS, LIVE_PATH))
 
 
-ENDPOINTS: tuple[Endpoint, ...] = (
+_CORE_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/health", routes.health, "Liveness check", public=True),
     Endpoint("GET", "/openapi.json", _openapi, "This document", public=True),
     Endpoint(
@@ -165,6 +165,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body={"oneOf": [_OBJECT, {"type": "array", "items": _OBJECT}]},
         errors=(400,),
     ),
+)
+
+#: Every route: the core ones here, then each area's own table.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    _CORE_ENDPOINTS + motion.ENDPOINTS + notifications.ENDPOINTS
 )
 
 
