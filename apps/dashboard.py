@@ -66,10 +66,11 @@ _WORLD_VIEW = {
     "pitch": 0,
     "bearing": 0,
 }
-# One device (or a few close together) still needs a sensible zoom: a city on a
-# street map, a country on the 1:110m outlines (closer shows no outline at all).
+# One device (or a few close together) still needs a sensible zoom: a street block
+# on a street map.  On the offline outlines a city shows no outline at all, but a
+# fleet in one city must still be told apart, so the cap is only a little lower.
 _MAX_FIT_ZOOM = 13.0
-_MAX_FIT_ZOOM_OFFLINE = 6.0
+_MAX_FIT_ZOOM_OFFLINE = 11.0
 _DEVICES_RECHECK_S = 5.0
 
 
