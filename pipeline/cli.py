@@ -1,4 +1,4 @@
-"""The ``rastro`` command: ``demo``, ``serve``, ``simulate`` and ``test``."""
+"""The ``rastro`` command: ``demo``, ``serve``, ``simulate``, ``decode``, ``test``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import SettingError, add_setting_flags, flags_from_namespace
+from pipeline.decode import add_decode_arguments
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-window", type=int, default=100, help="MQTT messages awaiting PUBACK"
     )
 
+    decode = commands.add_parser(
+        "decode",
+        help="decode a tracker's packets as the server would, and show its reply",
+    )
+    add_decode_arguments(decode)
+
     test = commands.add_parser("test", help="run the checks and the whole test suite")
     test.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest"
@@ -81,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "test":
             return run_tests(arguments.pytest_args)
+        if arguments.command == "decode":
+            return run_decode(arguments)
         if arguments.command == "simulate":
             from pipeline.simulate import run_simulator_command
 
@@ -95,6 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingError as error:
         print(f"rastro: {error}", file=sys.stderr)
         return 2
+
+
+def run_decode(arguments: argparse.Namespace) -> int:
+    """Print what ``rastro decode`` found; bad input is one line and exit code 2."""
+    from pipeline.decode import DecodeInputError, decode_lines
+
+    try:
+        for line in decode_lines(arguments):
+            print(line, flush=True)
+    except DecodeInputError as error:
+        print(f"rastro decode: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_tests(pytest_args: Sequence[str]) -> int:

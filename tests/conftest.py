@@ -5,6 +5,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.dashboard",
     "tests.fixtures.kafka",
     "tests.fixtures.ingest",
+    "tests.fixtures.trackers",
     "tests.fixtures.api",
     "tests.fixtures.flink",
 ]
