@@ -46,3 +46,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request's full URL at INFO; webhook URLs can be credentials.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -175,7 +175,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 def create_api(context: ApiContext) -> Starlette:
     """The Starlette application of the API, bound to ``context``."""
-    hub = LiveHub(context.live_source, queue_size=context.live_queue_size)
+    hub = LiveHub(
+        context.live_source,
+        events_source=context.events_source,
+        queue_size=context.live_queue_size,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -26,7 +26,9 @@ class ApiContext:
     tier is imported only when a device first reports); without it that route
     answers 503.  ``live_source`` makes a fresh async iterator
     of protobuf ``Fix`` payloads each time the live hub (re)connects; without it the
-    WebSocket accepts clients but pushes nothing.  ``ready`` is set once the whole
+    WebSocket accepts clients but pushes nothing.  ``events_source`` does the same
+    for protobuf ``Event`` payloads (the ``events`` topic); without it the
+    WebSocket pushes no events.  ``ready`` is set once the whole
     pipeline runs (the streaming job included); ``/health`` reports it, and without
     it the process counts as ready.
     """
@@ -35,6 +37,7 @@ class ApiContext:
     redis: aioredis.Redis
     ingest: IngestService | None = None
     live_source: LiveSource | None = None
+    events_source: LiveSource | None = None
     ready: asyncio.Event | None = None
     live_refresh_s: float = 5.0
     live_queue_size: int = 256
