@@ -27,7 +27,13 @@ from pipeline.store.migrations import (
 
 pytestmark = pytest.mark.integration
 
-ALL_FILES = ["001_core", "002_fixes_partitions", "003_motion_geofences_events"]
+ALL_FILES = [
+    "001_core",
+    "002_fixes_partitions",
+    "003_motion_geofences_events",
+    "004_h3_refresh",
+    "005_notifications",
+]
 INSERT_FIX = """
 INSERT INTO fixes (device, fix_time, server_time, latitude, longitude, valid)
 VALUES ($1, $2, now(), $3, $4, true)
@@ -131,7 +137,7 @@ class TestMigrate:
         )
         await connection.close()
         assert half_done is None
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4, 5]
 
     async def test_migrate_badly_named_file_refused(self, tmp_path: Path) -> None:
         (tmp_path / "1_core.sql").write_text("SELECT 1;")
@@ -178,6 +184,8 @@ class TestMigrationPlan:
             "001_core",
             "timescale/002_fixes_hypertable",
             "003_motion_geofences_events",
+            "timescale/004_h3_refresh",
+            "005_notifications",
         ]
 
     def test_discover_duplicate_version_refused(self, tmp_path: Path) -> None:

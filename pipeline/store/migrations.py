@@ -39,6 +39,9 @@ VARIANT_DIRS = ("timescale",)
 LOCK_TIMEOUT_S = 300.0
 # pg_advisory_lock key of the migration runner: any constant that no other code uses.
 _MIGRATION_LOCK_KEY = 0x7261_7374_726F_0001
+_PARTITIONS_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtext('rastro_ensure_fix_partitions'))"
+)
 _FILE_NAME = re.compile(r"(?P<version>\d{3})_(?P<slug>[a-z0-9_]+)\.sql")
 
 _CREATE_LEDGER = """
@@ -227,6 +230,10 @@ async def _apply(connection: asyncpg.Connection, migration: Migration) -> None:
     log.info("migration_applying", version=migration.version, name=migration.name)
     try:
         async with connection.transaction():
+            # Partition maintenance (another instance's, or this one's loop) locks
+            # fixes and its partitions in the other order: a migration that indexes
+            # fixes would deadlock with it.  Both take this lock first.
+            await connection.execute(_PARTITIONS_LOCK)
             await connection.execute(migration.sql)
             await connection.execute(
                 "INSERT INTO schema_migrations (version, name, checksum)"
