@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -31,13 +32,34 @@ class Settings:
 
     data: Path = _setting(Path(".rastro"), "folder for embedded services' data")
     bind: str = _setting(
-        "127.0.0.1", "address the HTTP, OsmAnd and dashboard ports bind"
+        "127.0.0.1", "address the HTTP, OsmAnd, tracker and dashboard ports bind"
     )
     http_port: int = _setting(8080, "port of the REST API and WebSocket")
     dashboard_port: int = _setting(5006, "port of the Panel dashboard")
     osmand_port: int = _setting(5055, "port of the OsmAnd / Traccar Client protocol")
     mqtt_port: int = _setting(1883, "port of the embedded MQTT broker")
     kafka_port: int = _setting(9092, "port of the embedded Kafka broker")
+    teltonika_port: int = _setting(5027, "Teltonika port, TCP and UDP; 0: off")
+    gt06_port: int = _setting(5023, "GT06 / Concox port, TCP; 0: off")
+    h02_port: int = _setting(5013, "H02 port, TCP and UDP; 0: off")
+    gps103_port: int = _setting(5001, "GPS103 (Coban) port, TCP and UDP; 0: off")
+    tk103_port: int = _setting(5002, "TK103 port, TCP; 0: off")
+    gl200_port: int = _setting(5004, "Queclink GL200 port, TCP and UDP; 0: off")
+    meitrack_port: int = _setting(5020, "Meitrack port, TCP; 0: off")
+    watch_port: int = _setting(5093, "watch (3G / SeTracker) port, TCP; 0: off")
+    suntech_port: int = _setting(5011, "Suntech port, TCP and UDP; 0: off")
+    detect_port: int = _setting(
+        5000, "TCP port that detects any tracker protocol; 0: off"
+    )
+    owntracks_port: int = _setting(5144, "OwnTracks HTTP port; 0: off")
+    coap_port: int = _setting(5683, "CoAP port (UDP) for POST /positions; 0: off")
+    register_unknown: bool = _setting(
+        False, "register unknown trackers to admin instead of refusing them"
+    )
+    device_rate: float = _setting(100.0, "messages per second allowed per device")
+    tracker_idle_timeout: float = _setting(
+        600.0, "seconds a silent tracker connection stays open"
+    )
     kafka: str = _setting(
         "", "Kafka bootstrap servers HOST:PORT[,...]; empty: embedded"
     )
@@ -47,10 +69,22 @@ class Settings:
     flink: str = _setting("", "Flink JobManager HOST:PORT; empty: local mini-cluster")
     kafka_partitions: int = _setting(8, "partitions of the positions topic")
     h3_resolution: int = _setting(9, "H3 resolution fixes are indexed at")
+    h3_rollup_resolution: int = _setting(
+        5, "coarsest H3 resolution the hourly aggregates are rolled up to"
+    )
+    h3_refresh_interval: float = _setting(
+        60.0, "seconds between refreshes of the hourly H3 aggregates"
+    )
     checkpoint_interval: int = _setting(
         10, "seconds between checkpoints of the streaming job"
     )
     map_style: str = _setting("", "MapLibre style URL for street maps; empty: offline")
+    smtp_host: str = _setting("", "SMTP server for e-mail notifications; empty: off")
+    smtp_port: int = _setting(587, "SMTP server port")
+    smtp_user: str = _setting("", "SMTP login; empty: no login")
+    smtp_from: str = _setting("", "sender of notification e-mails (rastro@localhost)")
+    smtp_starttls: bool = _setting(True, "upgrade the SMTP connection with STARTTLS")
+    smtp_password: str = _setting("", "SMTP password (a secret)", flag=False)
     admin_password: str = _setting(
         "", "password of 'admin' on first start; empty: random", flag=False
     )
@@ -59,6 +93,7 @@ class Settings:
         """Return the settings without secrets, fit for a log line."""
         values = dataclasses.asdict(self)
         values["admin_password"] = "***" if self.admin_password else ""
+        values["smtp_password"] = "***" if self.smtp_password else ""
         values["postgres"] = redact_url(self.postgres)
         values["redis"] = redact_url(self.redis)
         values["mqtt"] = redact_url(self.mqtt)
@@ -93,13 +128,27 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(Settings):
         if not spec.metadata["flag"]:
             continue
+        help_text = (
+            f"{spec.metadata['help']} ({env_name(spec.name)}, default {spec.default})"
+        )
+        flag = "--" + spec.name.replace("_", "-")
+        if isinstance(spec.default, bool):
+            # --name sets it, --no-name clears it; neither leaves it to the
+            # variable, the file or the default.
+            parser.add_argument(
+                flag,
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
         parser.add_argument(
-            "--" + spec.name.replace("_", "-"),
+            flag,
             dest=spec.name,
             default=None,
             metavar=spec.name.upper(),
-            help=f"{spec.metadata['help']} "
-            f"({env_name(spec.name)}, default {spec.default})",
+            help=help_text,
         )
 
 
@@ -151,7 +200,15 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return content
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _convert(name: str, raw: Any, kind: type) -> Any:
+    if kind is bool:
+        return _boolean(name, raw)
+    if kind is float:
+        return _real(name, raw)
     if kind is int:
         try:
             number = int(raw)
@@ -165,6 +222,28 @@ def _convert(name: str, raw: Any, kind: type) -> Any:
     if issubclass(kind, Path):
         return Path(str(raw))
     return str(raw)
+
+
+def _boolean(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    message = f"setting {name!r} must be true or false (1/0, yes/no), got {raw!r}"
+    raise SettingError(message)
+
+
+def _real(name: str, raw: Any) -> float:
+    try:
+        number = float(raw)
+    except (TypeError, ValueError) as error:
+        message = f"setting {name!r} must be a number, got {raw!r}"
+        raise SettingError(message) from error
+    if isinstance(raw, bool) or not math.isfinite(number) or number <= 0:
+        message = f"setting {name!r} must be a positive number, got {raw!r}"
+        raise SettingError(message)
+    return number
 
 
 def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:

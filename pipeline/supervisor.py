@@ -25,7 +25,7 @@ import structlog
 
 from pipeline.config import Settings, load_settings
 from pipeline.logs import configure_logging
-from pipeline.ports import ensure_port_free, free_port
+from pipeline.ports import ensure_port_free, ensure_udp_port_free, free_port
 
 log = structlog.get_logger("rastro.supervisor")
 
@@ -105,8 +105,33 @@ def _check_ports(settings: Settings) -> None:
         wanted.append("mqtt_port")
     if not settings.kafka:
         wanted.append("kafka_port")
+    trackers = tracker_ports(settings)
+    wanted.extend(f"{name}_port" for name in trackers)
+    if settings.detect_port:
+        wanted.append("detect_port")
     for setting in wanted:
         ensure_port_free(setting, settings.bind, getattr(settings, setting))
+    for name in _udp_protocols(trackers):
+        ensure_udp_port_free(f"{name}_port", settings.bind, trackers[name])
+    if settings.owntracks_port:
+        ensure_port_free("owntracks_port", settings.bind, settings.owntracks_port)
+    if settings.coap_port:
+        ensure_udp_port_free("coap_port", settings.bind, settings.coap_port)
+
+
+def tracker_ports(settings: Settings) -> dict[str, int]:
+    """The port of each tracker protocol that is switched on (not 0)."""
+    from pipeline.ingest.protocols import PROTOCOL_MODULES
+
+    ports = {name: int(getattr(settings, f"{name}_port")) for name in PROTOCOL_MODULES}
+    return {name: port for name, port in ports.items() if port}
+
+
+def _udp_protocols(ports: dict[str, int]) -> list[str]:
+    from pipeline.ingest.protocols import tracker_protocols
+
+    protocols = tracker_protocols()
+    return [name for name in ports if protocols[name].udp]
 
 
 def start_services(settings: Settings, running: RunningRastro) -> Addresses:
@@ -167,8 +192,6 @@ async def _serve(
     from pipeline.api.auth import ensure_admin
     from pipeline.ingest.directory import DeviceDirectory
     from pipeline.ingest.limiter import DeviceRateLimiter
-    from pipeline.ingest.mqtt import MqttBridge
-    from pipeline.ingest.osmand import create_osmand_app
     from pipeline.ingest.service import IngestService
     from pipeline.kafka import (
         EVENTS,
@@ -180,7 +203,6 @@ async def _serve(
     )
     from pipeline.store.migrations import (
         ensure_partitions,
-        maintain_partitions,
         migrate,
     )
 
@@ -201,35 +223,31 @@ async def _serve(
 
     pool = await asyncpg.create_pool(addresses.postgres, min_size=1, max_size=10)
     redis = aioredis.Redis.from_url(addresses.redis)
-    limiter = DeviceRateLimiter(addresses.redis)
+    limiter = DeviceRateLimiter(addresses.redis, rate=settings.device_rate)
     try:
         generated = await ensure_admin(pool, settings.admin_password or None)
         async with DurableProducer(addresses.kafka) as producer:
-            directory = DeviceDirectory(pool)
-            ingest = IngestService(producer, directory, limiter)
+            ingest = IngestService(producer, DeviceDirectory(pool), limiter)
             context = ApiContext(
                 pool=pool,
                 redis=redis,
                 ingest=ingest,
                 live_source=lambda: tail_topic(addresses.kafka, LIVE),
+                events_source=lambda: tail_topic(addresses.kafka, EVENTS),
                 ready=ready,
             )
             api = create_api(context)
-            osmand = create_osmand_app(ingest)
-            bridge = MqttBridge(
-                addresses.mqtt, ingest, shared=addresses.mqtt_shared_subscriptions
-            )
-            async with asyncio.TaskGroup() as tasks, bridge:
+            async with (
+                asyncio.TaskGroup() as tasks,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                for bridge in _mqtt_bridges(addresses, ingest):
+                    await stack.enter_async_context(bridge)
                 tasks.create_task(
                     serve_api(api, settings.bind, settings.http_port, shutdown)
                 )
-                tasks.create_task(
-                    serve_api(osmand, settings.bind, settings.osmand_port, shutdown)
-                )
-                tasks.create_task(_watch_children(running, shutdown))
-                tasks.create_task(
-                    _until(shutdown, maintain_partitions(addresses.postgres))
-                )
+                _serve_device_ports(tasks, settings, ingest, shutdown)
+                _run_background(tasks, settings, addresses, pool, running, shutdown)
                 tasks.create_task(
                     _announce_when_ready(settings, generated, started, ready, shutdown)
                 )
@@ -242,6 +260,91 @@ async def _serve(
         await limiter.close()
         await redis.aclose()
         await pool.close()
+
+
+def _mqtt_bridges(addresses: Addresses, ingest: Any) -> list[Any]:
+    """The MQTT bridges: ``gps/+/+`` positions and OwnTracks' own topics."""
+    from pipeline.ingest.mqtt import MqttBridge
+    from pipeline.ingest.owntracks import owntracks_bridge
+
+    shared = addresses.mqtt_shared_subscriptions
+    return [
+        MqttBridge(addresses.mqtt, ingest, shared=shared),
+        owntracks_bridge(addresses.mqtt, ingest, shared=shared),
+    ]
+
+
+def _serve_device_ports(
+    tasks: asyncio.TaskGroup,
+    settings: Settings,
+    ingest: Any,
+    shutdown: asyncio.Event,
+) -> None:
+    """Start every port devices report to: OsmAnd, OwnTracks, CoAP, trackers."""
+    from pipeline.api.app import serve_api
+    from pipeline.ingest.coap import serve_coap
+    from pipeline.ingest.osmand import create_osmand_app
+    from pipeline.ingest.owntracks import create_owntracks_app
+    from pipeline.ingest.trackers import TrackerServer
+
+    bind = settings.bind
+    osmand = create_osmand_app(ingest)
+    tasks.create_task(serve_api(osmand, bind, settings.osmand_port, shutdown))
+    if settings.owntracks_port:
+        owntracks = create_owntracks_app(ingest)
+        tasks.create_task(serve_api(owntracks, bind, settings.owntracks_port, shutdown))
+    if settings.coap_port:
+        tasks.create_task(serve_coap(ingest, bind, settings.coap_port, shutdown))
+
+    trackers = TrackerServer(
+        ingest,
+        register_unknown=settings.register_unknown,
+        idle_timeout_s=settings.tracker_idle_timeout,
+    )
+    detect_port = settings.detect_port or None
+    ports = tracker_ports(settings)
+    tasks.create_task(trackers.serve(bind, ports, shutdown, detect_port=detect_port))
+
+
+def _run_background(
+    tasks: asyncio.TaskGroup,
+    settings: Settings,
+    addresses: Addresses,
+    pool: Any,
+    running: RunningRastro,
+    shutdown: asyncio.Event,
+) -> None:
+    """Start the loops that keep things current: children, partitions, notifier, H3."""
+    from pipeline.notify.service import run_notifier
+    from pipeline.store.migrations import maintain_partitions
+
+    notifier = run_notifier(
+        addresses.kafka,
+        pool,
+        smtp_host=settings.smtp_host,
+        smtp_port=settings.smtp_port,
+        smtp_user=settings.smtp_user,
+        smtp_password=settings.smtp_password,
+        smtp_from=settings.smtp_from,
+        smtp_starttls=settings.smtp_starttls,
+    )
+    tasks.create_task(_watch_children(running, shutdown))
+    tasks.create_task(_until(shutdown, maintain_partitions(addresses.postgres)))
+    tasks.create_task(_until(shutdown, notifier))
+    tasks.create_task(_until(shutdown, _refresh_h3(settings, addresses)))
+
+
+def _refresh_h3(settings: Settings, addresses: Addresses) -> Coroutine[Any, Any, None]:
+    """The loop that keeps the hourly H3 aggregates current (late fixes included)."""
+    from geo.cells import CellSettings
+    from pipeline.store.aggregates import refresh_h3_forever
+
+    return refresh_h3_forever(
+        addresses.postgres,
+        settings.h3_refresh_interval,
+        CellSettings(resolution=settings.h3_resolution),
+        coarsest=settings.h3_rollup_resolution,
+    )
 
 
 async def _until(shutdown: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
@@ -295,6 +398,11 @@ def _announce(settings: Settings, generated: str | None, started: float) -> None
         f"  API:       http://{settings.bind}:{settings.http_port}/api/v1/",
         f"  OsmAnd:    {settings.bind}:{settings.osmand_port}",
     ]
+    if settings.detect_port:
+        lines.append(
+            f"  Trackers:  {settings.bind}:{settings.detect_port} (any protocol; "
+            "one port per protocol as in the README)"
+        )
     if generated:
         lines.append(f"  Login:     admin / {generated}   (shown once; keep it)")
     else:

@@ -1,4 +1,4 @@
-"""End to end: a fix sent four ways reaches latest positions, history and the WebSocket.
+"""End to end: a fix sent five ways reaches latest positions, history and the WebSocket.
 
 Rastro runs as a user runs it (``rastro serve`` in a child process).  The full-mode run
 uses Debian's PostgreSQL, Redis and Mosquitto and its own Kafka broker; the embedded run
@@ -22,6 +22,7 @@ import websockets
 
 from pipeline.model import Fix, FixBatch, format_time_ms
 from tests.fixtures.rastro import ADMIN_PASSWORD, RastroUnderTest, start_rastro
+from tests.fixtures.trackers import gt06_ack, gt06_location, gt06_login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -153,6 +154,24 @@ def _send_mqtt(
         client.disconnect()
 
 
+async def _latest_until_all(
+    client: httpx.AsyncClient,
+    rastro: RastroUnderTest,
+    expected: dict[str, datetime],
+    deadline: float,
+) -> dict[str, Any]:
+    """Latest positions by device, once every expected device is there (or time is up).
+
+    The job writes Redis in batches (at most 200 ms behind the live feed).
+    """
+    while True:
+        latest = (await client.get(f"{rastro.api}/api/v1/positions/latest")).json()
+        by_device = {position["uniqueId"]: position for position in latest}
+        if set(expected) <= set(by_device) or time.monotonic() > deadline:
+            return by_device
+        await asyncio.sleep(0.1)
+
+
 async def _await_everywhere(
     rastro: RastroUnderTest, token: str, expected: dict[str, datetime]
 ) -> None:
@@ -175,8 +194,7 @@ async def _await_everywhere(
     assert pushed == set(expected), rastro.log_tail()
 
     async with httpx.AsyncClient(headers=headers) as client:
-        latest = (await client.get(f"{rastro.api}/api/v1/positions/latest")).json()
-        by_device = {position["uniqueId"]: position for position in latest}
+        by_device = await _latest_until_all(client, rastro, expected, deadline)
         for uid, when in expected.items():
             assert by_device[uid]["time"] == format_time_ms(
                 int(when.timestamp() * 1000)
@@ -196,16 +214,30 @@ async def _await_everywhere(
             assert [row["uniqueId"] for row in history.json()] == [device["uniqueId"]]
 
 
+async def _send_gt06(rastro: RastroUnderTest, imei: str, when: datetime) -> None:
+    """A GT06 tracker logs in and reports; each frame's ack is what it expects."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", rastro.gt06_port)
+    try:
+        writer.write(gt06_login(imei, serial=1))
+        assert await reader.readexactly(10) == gt06_ack(0x01, 1)
+        writer.write(gt06_location(when, 40.45, -3.74, 50, serial=2))
+        assert await reader.readexactly(10) == gt06_ack(0x10, 2)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def _send_all(
     rastro: RastroUnderTest, token: str, expected: dict[str, datetime]
 ) -> None:
-    osmand, as_json, as_protobuf, over_mqtt = expected
+    osmand, as_json, as_protobuf, over_mqtt, tracker = expected
     await _send_osmand(rastro, osmand, expected[osmand])
     await _send_json(rastro, token, as_json, expected[as_json])
     await _send_protobuf_h2(rastro, token, as_protobuf, expected[as_protobuf])
     await asyncio.to_thread(
         _send_mqtt, rastro, rastro.mqtt_port, over_mqtt, expected[over_mqtt]
     )
+    await _send_gt06(rastro, tracker, expected[tracker])
 
 
 async def _exercise(rastro: RastroUnderTest, prefix: str) -> None:
@@ -213,6 +245,8 @@ async def _exercise(rastro: RastroUnderTest, prefix: str) -> None:
         f"{prefix}-{way}": _fix_time(10 + index)
         for index, way in enumerate(("osmand", "json", "protobuf", "mqtt"))
     }
+    # A tracker's IMEI: 15 digits, unique to this run.
+    expected[f"86{time.time_ns() % 10**13:013d}"] = _fix_time(15)
     async with httpx.AsyncClient() as client:
         token = await _login(client, rastro.api)
         for uid in expected:
