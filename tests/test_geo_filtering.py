@@ -28,8 +28,8 @@ from geo.filtering import (
 from geo.fixes import MAX_AHEAD_MS, FixPoint, Rejection
 from geo.tracks import read_wkt_track
 
-SHARED_TRACKS = Path(__file__).parents[1].parent / "shared" / "tracks"
-OUTLIERS = SHARED_TRACKS / "de-munich-car-outliers-20090401.nmea"
+DATA_TRACKS = Path(__file__).parents[1] / "data" / "tracks"
+OUTLIERS = DATA_TRACKS / "de-munich-car-outliers-20090401.nmea"
 MUNICH = Path(__file__).parents[1] / "data" / "tracks"
 BAREFOOT = MUNICH / "de-munich-car-barefoot-x0001-001.json"
 

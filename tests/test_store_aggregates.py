@@ -33,7 +33,7 @@ from pipeline.store.aggregates import (
 
 pytestmark = pytest.mark.integration
 
-TRACKS = Path(__file__).parents[1].parent / "shared" / "tracks"
+TRACKS = Path(__file__).parents[1] / "data" / "tracks"
 MUNICH = TRACKS / "de-munich-car-barefoot-x0001-001.json"
 T0 = datetime(2026, 3, 1, 7, 50, tzinfo=UTC)
 FINEST, COARSEST = 9, 6
