@@ -70,7 +70,8 @@ async def _round_trips(
     latencies: list[float] = []
     json_sizes: list[int] = []
     proto_sizes: list[int] = []
-    start = datetime.now(UTC) - timedelta(hours=1)
+    # Whole seconds: the pushed fix carries milliseconds, not microseconds.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     ws_url = api.replace("http", "ws", 1) + "/api/v1/live"
     async with websockets.connect(ws_url, additional_headers=headers) as socket:
         for index in range(fixes):
