@@ -41,6 +41,64 @@ def read_wkt_track(path: Path, device: str | None = None) -> pd.DataFrame:
     return frame.sort_values("time", ignore_index=True)
 
 
+def read_nmea_track(path: Path, device: str) -> pd.DataFrame:
+    """Read the ``$GPRMC`` sentences of an NMEA log, with HDOP from ``$GPGGA``.
+
+    Returns one row per RMC sentence in file order (a logger's clock may step back:
+    nothing is sorted or dropped), with columns ``device``, ``time`` (UTC),
+    ``latitude``, ``longitude``, ``speed_kmh`` (from knots), ``valid`` (status
+    ``A``) and ``hdop`` (NaN where no GGA of the same second gave one).
+    """
+    hdops: dict[str, float] = {}
+    rmcs: list[list[str]] = []
+    for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+        fields = line.strip("\x00 ").split("*")[0].split(",")
+        if fields[0] == "$GPGGA" and len(fields) > 8 and _is_number(fields[8]):
+            hdops[fields[1]] = float(fields[8])
+        elif fields[0] == "$GPRMC" and len(fields) > 9 and fields[1] and fields[9]:
+            rmcs.append(fields)
+
+    # A cycle may give its GGA after its RMC: match them once all are read.
+    rows = [_rmc_row(fields, hdops.get(fields[1], math.nan)) for fields in rmcs]
+    frame = pd.DataFrame(
+        rows, columns=["time", "latitude", "longitude", "speed_kmh", "valid", "hdop"]
+    )
+    frame["time"] = pd.to_datetime(frame["time"], format="%d%m%y%H%M%S", utc=True)
+    frame.insert(0, "device", device)
+    return frame
+
+
+def _rmc_row(
+    fields: list[str], hdop: float
+) -> tuple[str, float, float, float, bool, float]:
+    clock = fields[1].split(".")[0]
+    knots = float(fields[7]) if _is_number(fields[7]) else math.nan
+    return (
+        fields[9] + clock,
+        _nmea_degrees(fields[3], fields[4]),
+        _nmea_degrees(fields[5], fields[6]),
+        knots * 1.852,
+        fields[2] == "A",
+        hdop,
+    )
+
+
+def _nmea_degrees(value: str, hemisphere: str) -> float:
+    """``ddmm.mmmm`` (or ``dddmm.mmmm``) and a hemisphere letter as signed degrees."""
+    if not _is_number(value):
+        return math.nan
+    degrees = int(float(value) / 100)
+    decimal = degrees + (float(value) - degrees * 100) / 60
+    return -decimal if hemisphere in ("S", "W") else decimal
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _wkt_point(text: str) -> tuple[float, float]:
     inside = text.strip().removeprefix("POINT(").removesuffix(")")
     lon, lat = inside.split()

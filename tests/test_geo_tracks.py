@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geo.tracks import h3_cells, h3_summary, haversine_m, read_wkt_track, with_motion
+from geo.tracks import (
+    h3_cells,
+    h3_summary,
+    haversine_m,
+    read_nmea_track,
+    read_wkt_track,
+    with_motion,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "tracks"
 MUNICH = SAMPLE / "de-munich-car-barefoot-x0001-001.json"
@@ -87,3 +94,14 @@ class TestH3:
 
         assert summary["fixes"].sum() == len(track)
         assert (summary["devices"] == 1).all()
+
+
+def test_read_nmea_track_keeps_every_rmc_in_file_order() -> None:
+    """The outliers log as documented: 1,867 RMC (20 void), 178 with HDOP over 10."""
+    track = read_nmea_track(SAMPLE / "de-munich-car-outliers-20090401.nmea", "car-2")
+
+    assert len(track) == 1867
+    assert int(track["valid"].sum()) == 1847
+    assert int(track["hdop"].gt(10).sum()) == 178
+    assert not track["time"].is_monotonic_increasing  # the clock steps back
+    assert track["latitude"].between(48.0, 48.3).all()
