@@ -1,6 +1,6 @@
 """Queclink @Track (GL200/GL300/GV): real messages, framing, replies, hostile input.
 
-Sources of the messages besides ``/work/shared/protocols/samples.json``:
+Sources of the messages besides ``tests/data/protocol_samples.json``:
 
 - Queclink's "GL300 @Tracker Air Interface Protocol", TRACGL300AN001: the
   examples of section 3.3.1.1 (GTFRI with two points, GTGEO, GTSPD, GTSOS, GTIGL),
@@ -14,26 +14,33 @@ Sources of the messages besides ``/work/shared/protocols/samples.json``:
 from __future__ import annotations
 
 import json
-import random
-import time
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import FrameError
+from pipeline.ingest.protocols.base import Decoded, FrameError
 from pipeline.ingest.protocols.gl200 import PROTOCOL, Gl200Session, looks_like_gl200
-from pipeline.model import Fix, parse_time_ms
+from pipeline.model import parse_time_ms
+from tests.protocol_checks import (
+    NOW_MS,
+    FramingChecks,
+    HostileInputChecks,
+    Mutation,
+    assert_deterministic,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    decode_one,
+    decoding,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+    split_chunks,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared"
-SAMPLES = [
-    sample
-    for sample in json.loads((SHARED / "protocols" / "samples.json").read_text())
-    if sample["protocol"] == "gl200"
-]
-NOW_MS = 1_760_000_000_000
+SAMPLES = list(shared_samples("gl200").values())
 
 #: TRACGL300AN001 section 3.3.1.1: one GTFRI with two positions.
 DOC_BLOCK = "4.3,92,70.0,121.354335,31.222073"
@@ -78,40 +85,28 @@ VALID_FRAMES = [
 ]
 
 
-def _values(fix: Fix) -> dict[str, Any]:
-    return {key: json.loads(value) for key, value in fix.attributes.items()}
+def _decode_one(frame: bytes, *, sack: bool = False) -> Decoded:
+    return decode_one(Gl200Session(sack=sack), frame)
 
 
-def _decode_one(frame: bytes, *, sack: bool = False) -> Any:
-    session = Gl200Session(sack=sack)
-    buffer = bytearray(frame)
-    assert session.split(buffer) == [frame] and not buffer
-    return session.decode(frame, server_time_ms=NOW_MS)
+def _absurd_count(draw: st.DrawFn, data: bytearray) -> None:
+    """Replace one whole field with an absurd count."""
+    fields = bytes(data).split(b",")
+    at = draw(st.integers(0, len(fields) - 1))
+    fields[at] = str(draw(st.integers(0, 255)) * 99991).encode()
+    data[:] = b",".join(fields)
 
 
 class TestSharedSamples:
     @pytest.mark.parametrize("sample", SAMPLES, ids=[s["id"] for s in SAMPLES])
     def test_sample_every_value(self, sample: dict[str, Any]) -> None:
         """Each shared sample decodes to exactly its expected values, no reply."""
-        expected = sample["expected"]
-
         decoded = _decode_one(sample["payload_text"].encode())
 
-        assert decoded.device == expected["imei"]
-        assert decoded.reply is None and expected["ack_expected"] is False
+        assert_sample(decoded, sample)
         assert decoded.events == []
-        assert len(decoded.fixes) == expected["records"]
-        [fix] = decoded.fixes
-        assert fix.device == expected["imei"] and fix.protocol == "gl200"
-        assert fix.server_time_ms == NOW_MS
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert fix.latitude == expected["latitude"]
-        assert fix.longitude == expected["longitude"]
-        assert fix.valid is expected["valid"]
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-4)
-        assert fix.course == pytest.approx(expected["course"], abs=1e-4)
-        assert fix.altitude == pytest.approx(expected["altitude"], abs=1e-4)
-        assert not fix.HasField("satellites")
+        assert decoded.fixes[0].latitude == sample["expected"]["latitude"]
+        assert decoded.fixes[0].longitude == sample["expected"]["longitude"]
 
     @pytest.mark.parametrize("sample", SAMPLES, ids=[s["id"] for s in SAMPLES])
     def test_sample_sack_reply(self, sample: dict[str, Any]) -> None:
@@ -137,7 +132,7 @@ class TestSharedSamples:
 
         [fix] = _decode_one(sample["payload_text"].encode()).fixes
 
-        assert _values(fix) == attributes
+        assert attribute_values(fix) == attributes
 
 
 class TestReports:
@@ -154,8 +149,12 @@ class TestReports:
             assert fix.speed_kmh == pytest.approx(4.3, abs=1e-5)
             assert fix.course == 92.0 and fix.altitude == 70.0
             assert fix.valid is True
-        assert _values(first) == {"event": "GTFRI", "index": 0x11F0, "hdop": 1.0}
-        assert _values(second) == {"event": "GTFRI", "index": 0x11F0}
+        assert attribute_values(first) == {
+            "event": "GTFRI",
+            "index": 0x11F0,
+            "hdop": 1.0,
+        }
+        assert attribute_values(second) == {"event": "GTFRI", "index": 0x11F0}
         assert decoded.events == [] and decoded.reply is None
 
     @pytest.mark.parametrize(
@@ -173,7 +172,7 @@ class TestReports:
 
         [fix] = decoded.fixes
         assert fix.fix_time_ms == parse_time_ms("2009-02-14T01:32:54Z")
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": f"GT{report}",
             "index": 0x11F0,
             "hdop": 1.0,
@@ -194,7 +193,7 @@ class TestReports:
 
         [fix] = _decode_one(frame).fixes
 
-        assert _values(fix)["alarm"] == "geofenceEnter"
+        assert attribute_values(fix)["alarm"] == "geofenceEnter"
 
     def test_sos_from_device(self) -> None:
         """A CV100's GTSOS: sos alarm and event at the block's GPS time."""
@@ -204,7 +203,7 @@ class TestReports:
         assert fix.fix_time_ms == parse_time_ms("2021-07-14T11:52:24Z")
         assert fix.latitude == 22.537372 and fix.longitude == 114.015465
         assert fix.speed_kmh == 0.0 and fix.course == 0.0 and fix.altitude == 138.0
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "GTSOS",
             "index": 0x03A6,
             "hdop": 1.0,
@@ -221,7 +220,11 @@ class TestReports:
         assert fix.latitude == 51.882342 and fix.longitude == -2.223488
         assert fix.course == 358.0
         assert fix.altitude == pytest.approx(17.6, abs=1e-5)
-        assert _values(fix) == {"event": "GTIGN", "index": 0xC60E, "ignition": True}
+        assert attribute_values(fix) == {
+            "event": "GTIGN",
+            "index": 0xC60E,
+            "ignition": True,
+        }
 
     def test_ignition_off(self) -> None:
         """GTIGF clears ignition."""
@@ -231,7 +234,7 @@ class TestReports:
         assert fix.latitude == 42.654554 and fix.longitude == 14.003446
         assert fix.course == 184.0
         assert fix.altitude == pytest.approx(32.6, abs=1e-5)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "GTIGF",
             "index": 0xFD2F,
             "ignition": False,
@@ -246,7 +249,7 @@ class TestReports:
         assert fix.latitude == 31.832724 and fix.longitude == 117.201362
         assert not fix.HasField("speed_kmh") and not fix.HasField("course")
         assert not fix.HasField("altitude")
-        assert _values(fix) == {"event": "GTIGL", "index": 0x000C, "hdop": 5.0}
+        assert attribute_values(fix) == {"event": "GTIGL", "index": 0x000C, "hdop": 5.0}
 
     @pytest.mark.parametrize(
         ("frame", "alarm"),
@@ -263,7 +266,7 @@ class TestReports:
 
         [fix] = decoded.fixes
         assert fix.fix_time_ms == parse_time_ms("2009-02-14T01:32:54Z")
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": frame[6:11].decode(),
             "index": 0x11F0,
             "alarm": alarm,
@@ -282,7 +285,7 @@ class TestReports:
         assert fix.device == "866314060249032"
         assert fix.fix_time_ms == parse_time_ms("2023-09-26T20:03:38Z")
         assert fix.latitude == -33.524718 and fix.longitude == -71.596533
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "GTFRI",
             "index": 0x1549,
             "buffered": True,
@@ -392,62 +395,30 @@ class TestRefusals:
         with pytest.raises(FrameError, match=reason):
             Gl200Session().decode(frame, server_time_ms=NOW_MS)
 
-    def test_split_refuses_garbage_front(self) -> None:
-        """Bytes that do not start with ``+`` close the stream."""
-        with pytest.raises(FrameError, match="must start with"):
-            Gl200Session().split(bytearray(b"GTFRI,1A0102$"))
-
-    def test_split_refuses_overlong(self) -> None:
-        """A message longer than 4096 bytes without ``$`` is refused."""
-        with pytest.raises(FrameError, match="exceeds 4096 bytes"):
-            Gl200Session().split(bytearray(b"+RESP:GTFRI," + b"1" * 4100))
-
-    def test_split_refuses_non_ascii(self) -> None:
-        """A non-ASCII byte in a pending message closes the stream."""
-        with pytest.raises(FrameError, match="non-ASCII"):
-            Gl200Session().split(bytearray(b"+RESP:GT\x9f"))
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"GTFRI,1A0102$", "must start with"),  # anything but '+' first
+            (b"+RESP:GTFRI," + b"1" * 4100, "exceeds 4096 bytes"),  # with no '$'
+            (b"+RESP:GT\x9f", "non-ASCII"),  # in a pending message
+        ],
+    )
+    def test_split_refuses(self, data: bytes, reason: str) -> None:
+        """Bytes that can never be a message close the stream."""
+        with pytest.raises(FrameError, match=reason):
+            Gl200Session().split(bytearray(data))
 
 
-class TestFraming:
-    STREAM = b"\r\n".join(VALID_FRAMES)
-
-    def _frames(self, chunks: list[bytes]) -> list[bytes]:
-        session = Gl200Session()
-        buffer = bytearray()
-        frames: list[bytes] = []
-        for chunk in chunks:
-            buffer += chunk
-            frames += session.split(buffer)
-        assert not buffer
-        return frames
-
-    def test_merged_in_one_read(self) -> None:
-        """Every message of a stream read at once comes out, ``$`` included."""
-        assert self._frames([self.STREAM]) == VALID_FRAMES
-
-    def test_one_byte_at_a_time(self) -> None:
-        """The same stream fed byte by byte gives the same messages."""
-        chunks = [self.STREAM[i : i + 1] for i in range(len(self.STREAM))]
-
-        assert self._frames(chunks) == VALID_FRAMES
-
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks(self, seed: int) -> None:
-        """Random chunk sizes give the same messages."""
-        rng = random.Random(seed)
-        chunks, start = [], 0
-        while start < len(self.STREAM):
-            size = rng.randint(1, 120)
-            chunks.append(self.STREAM[start : start + size])
-            start += size
-
-        assert self._frames(chunks) == VALID_FRAMES
+class TestFraming(FramingChecks):
+    frames = VALID_FRAMES
+    separator = b"\r\n"
+    session_type = Gl200Session
 
     def test_newline_instead_of_dollar(self) -> None:
         """Firmware that ends lines with a newline instead of ``$`` still frames."""
         frame = DOC_HEARTBEAT.rstrip(b"$") + b"\r\n"
 
-        [decoded_frame] = self._frames([frame])
+        [decoded_frame] = split_chunks(Gl200Session(), [frame])
         decoded = Gl200Session().decode(decoded_frame, server_time_ms=NOW_MS)
 
         assert decoded.reply == b"+SACK:GTHBD,1A0102,11F0$"
@@ -470,74 +441,27 @@ class TestFraming:
         assert len(decoded.fixes) == 1
 
 
-class TestHostileInput:
-    @given(st.binary(max_size=5000))
-    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-    @example(b"+" + b"," * 4500)
-    @example(b"+RESP:GTFRI,1A0102,135790246811220" + b",1.000000" * 30 + b"$")
-    def test_random_bytes(self, data: bytes) -> None:
-        """Random bytes only ever raise FrameError, and the buffer stays bounded."""
-        session = Gl200Session(sack=True)
-        buffer = bytearray(data)
-        try:
-            frames = session.split(buffer)
-            for frame in frames:
-                try:
-                    session.decode(frame, server_time_ms=NOW_MS)
-                except FrameError:
-                    pass
-        except FrameError:
-            return
-        assert len(buffer) <= session.max_frame_bytes
+class TestHostileInput(HostileInputChecks):
+    valid_frames = VALID_FRAMES
+    #: Acknowledging every message, so that replies are built from hostile input.
+    session_type = partial(Gl200Session, sack=True)
+    mutations: ClassVar[dict[str, Mutation]] = {"number": _absurd_count}
 
-    @given(
-        st.sampled_from(VALID_FRAMES),
-        st.lists(
-            st.tuples(
-                st.sampled_from(["flip", "insert", "delete", "truncate", "number"]),
-                st.integers(min_value=0, max_value=4000),
-                st.integers(min_value=0, max_value=255),
-            ),
-            min_size=1,
-            max_size=4,
-        ),
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"+" + b"," * 4500,
+            b"+RESP:GTFRI,1A0102,135790246811220" + b",1.000000" * 30 + b"$",
+        ],
     )
-    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-    def test_mutated_packets(
-        self, frame: bytes, mutations: list[tuple[str, int, int]]
-    ) -> None:
-        """Mutated bytes and absurd position counts only raise FrameError."""
-        data = bytearray(frame)
-        for kind, position, value in mutations:
-            index = position % (len(data) + 1)
-            if kind == "flip" and index < len(data):
-                data[index] ^= value or 1
-            elif kind == "insert":
-                data.insert(index, value)
-            elif kind == "delete" and index < len(data):
-                del data[index]
-            elif kind == "truncate":
-                del data[index:]
-            elif kind == "number":
-                # Replace one whole field with an absurd count.
-                fields = bytes(data).split(b",")
-                fields[position % len(fields)] = str(value * 99991).encode()
-                data = bytearray(b",".join(fields))
+    def test_known_hostile_inputs(self, data: bytes) -> None:
+        """Endless empty fields and coordinates everywhere only raise FrameError."""
+        self.check(data)
 
-        for session in (Gl200Session(), Gl200Session(sack=True)):
-            for decode in (session.decode, session.decode_datagram):
-                try:
-                    decode(bytes(data), server_time_ms=NOW_MS)
-                except FrameError:
-                    pass
-
-    @pytest.mark.parametrize("frame", VALID_FRAMES)
-    def test_decode_deterministic(self, frame: bytes) -> None:
-        """Decoding a valid message twice gives identical results."""
-        first = Gl200Session().decode(frame, server_time_ms=NOW_MS)
-        second = Gl200Session().decode(frame, server_time_ms=NOW_MS)
-
-        assert first == second
+    def test_decode_without_acknowledgements_is_deterministic(self) -> None:
+        """Without SACK too, every valid message decodes the same twice."""
+        for frame in VALID_FRAMES:
+            assert_deterministic(Gl200Session, frame)
 
 
 class TestDetection:
@@ -550,18 +474,7 @@ class TestDetection:
         assert looks_like_gl200(first)
 
     @pytest.mark.parametrize(
-        "first",
-        [
-            b"*HQ,4210051415,V1,164549,A,2240.8192,N,11359.1776,E,0.00,0.00,",
-            b"$$A138,862170013556541,AAA,35,7.092076,79.960473,",
-            b"[3G*1451316409*0002*LK]",
-            b"ST300STT;100850000;04;274;20080723;09:57:33;",
-            b"imei:359710049090138,tracker,160629022948,,F,",
-            b"(088045133878BR00130228A5124.5526N00117.7152W",
-            b"+SACK:11F0$",
-            b"+RSP",
-            b"+",
-        ],
+        "first", [*others_first_bytes("gl200"), b"+SACK:11F0$", b"+RSP", b"+"]
     )
     def test_leaves_other_protocols(self, first: bytes) -> None:
         """Other protocols' first bytes (and too little to tell) are not claimed."""
@@ -569,11 +482,10 @@ class TestDetection:
 
     def test_protocol_description(self) -> None:
         """GL200 listens on port 5004, TCP and UDP, and is a text protocol."""
-        assert PROTOCOL.name == "gl200" == Gl200Session.protocol
-        assert PROTOCOL.default_port == 5004
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, True, True)
+        assert_registered(
+            PROTOCOL, "gl200", Gl200Session, port=5004, tcp=True, udp=True, text=True
+        )
         assert PROTOCOL.looks_like is looks_like_gl200
-        assert isinstance(PROTOCOL.session(), Gl200Session)
         assert PROTOCOL.session().sack is False
 
 
@@ -592,21 +504,6 @@ def _five_point_report() -> bytes:
 
 def test_decode_benchmark(benchmark: Any) -> None:
     """Throughput of decoding a five-position GTFRI (five fixes per message)."""
-    session = Gl200Session()
-    frames = [_five_point_report()] * 200
+    run = decoding(Gl200Session(), [_five_point_report()] * 200)
 
-    def decode_all() -> int:
-        return sum(
-            len(session.decode(frame, server_time_ms=NOW_MS).fixes) for frame in frames
-        )
-
-    started = time.perf_counter()
-    records = benchmark(decode_all)
-    elapsed = time.perf_counter() - started
-
-    assert records == 1000
-    stats = getattr(benchmark, "stats", None)
-    mean = stats.stats.mean if stats is not None else elapsed
-    print(
-        f"gl200: {records / mean:,.0f} records/s ({mean / records * 1e6:.1f} us each)"
-    )
+    report_throughput(benchmark, run, records=1000, label="gl200")

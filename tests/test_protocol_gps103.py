@@ -1,6 +1,6 @@
 """GPS103 (Coban TK102/TK103-2 text): real packets, framing, replies, hostile input.
 
-Packets not from ``/work/shared/protocols/samples.json`` come from Traccar's decoder
+Packets not from ``tests/data/protocol_samples.json`` come from Traccar's decoder
 tests: repository traccar/traccar, ``src/test/java/org/traccar/protocol/
 Gps103ProtocolDecoderTest.java`` (the values asserted here are worked out from
 the GPS103 layout, not copied from Traccar).
@@ -9,31 +9,35 @@ the GPS103 layout, not copied from Traccar).
 from __future__ import annotations
 
 import json
-import random
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import FrameError
+from pipeline.ingest.protocols.base import Decoded, FrameError
 from pipeline.ingest.protocols.gps103 import (
     KNOTS_TO_KMH,
     PROTOCOL,
     Gps103Session,
     looks_like_gps103,
 )
-from pipeline.model import Fix, parse_time_ms
+from pipeline.model import parse_time_ms
+from tests.protocol_checks import (
+    NOW_MS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_refused_after_frames,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    decode_one,
+    decoding,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+    split_chunks,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared"
-SAMPLES = [
-    sample
-    for sample in json.loads((SHARED / "protocols" / "samples.json").read_text())
-    if sample["protocol"] == "gps103"
-]
-NOW_MS = 1_760_000_000_000
+SAMPLES = list(shared_samples("gps103").values())
 
 
 def _terminated(text: str) -> bytes:
@@ -68,45 +72,22 @@ VALID_FRAMES = [
 ]
 
 
-def _values(fix: Fix) -> dict[str, Any]:
-    return {key: json.loads(value) for key, value in fix.attributes.items()}
-
-
-def _decode_one(frame: bytes) -> Any:
-    session = Gps103Session()
-    buffer = bytearray(frame)
-    frames = session.split(buffer)
-    assert frames == [frame] and not buffer
-    return session.decode(frame, server_time_ms=NOW_MS)
+def _decode_one(frame: bytes) -> Decoded:
+    return decode_one(Gps103Session(), frame)
 
 
 class TestSharedSamples:
     @pytest.mark.parametrize("sample", SAMPLES, ids=[s["id"] for s in SAMPLES])
     def test_sample_every_value(self, sample: dict[str, Any]) -> None:
         """Each shared sample decodes to exactly its expected values, with no reply."""
-        expected = sample["expected"]
-
         decoded = _decode_one(_terminated(sample["payload_text"]))
 
-        assert decoded.device == expected["imei"]
-        assert decoded.reply is None and expected["ack_expected"] is False
+        assert_sample(decoded, sample)
         assert decoded.events == []
         [fix] = decoded.fixes
-        assert fix.device == expected["imei"]
-        assert fix.protocol == "gps103"
-        assert fix.server_time_ms == NOW_MS
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert round(fix.latitude, 6) == expected["latitude"]
-        assert round(fix.longitude, 6) == expected["longitude"]
-        assert fix.valid is expected["valid"]
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-4)
         assert fix.speed_kmh / KNOTS_TO_KMH == pytest.approx(
-            expected["speed_knots"], abs=1e-4
+            sample["expected"]["speed_knots"], abs=1e-4
         )
-        if "course" in expected:
-            assert fix.course == pytest.approx(expected["course"], abs=1e-4)
-        else:
-            assert not fix.HasField("course")
 
     def test_sample_date_rollback_extras(self) -> None:
         """The +8 h sample also carries ignition, door and the first fuel level."""
@@ -114,7 +95,11 @@ class TestSharedSamples:
 
         [fix] = _decode_one(_terminated(sample["payload_text"])).fixes
 
-        assert _values(fix) == {"ignition": True, "door": False, "fuel1": 31.37}
+        assert attribute_values(fix) == {
+            "ignition": True,
+            "door": False,
+            "fuel1": 31.37,
+        }
         assert not fix.HasField("altitude")
 
     def test_samples_without_extras_have_no_attributes(self) -> None:
@@ -178,7 +163,7 @@ class TestSessionFrames:
         assert fix.longitude == pytest.approx(113 + 54.3277 / 60, abs=1e-9)
         assert fix.valid is True
         assert fix.speed_kmh == 0.0
-        assert _values(fix) == {"event": "help me", "alarm": "sos"}
+        assert attribute_values(fix) == {"event": "help me", "alarm": "sos"}
         [event] = decoded.events
         assert event.type == "alarm"
         assert event.device == "359586015829802"
@@ -218,7 +203,7 @@ class TestSessionFrames:
         assert fix.valid is True
         assert fix.speed_kmh == 67.0 and fix.course == 229.0 and fix.altitude == 674.0
         assert fix.satellites == 8
-        assert _values(fix) == {"rssi": 26, "hdop": 1.0, "ignition": False}
+        assert attribute_values(fix) == {"rssi": 26, "hdop": 1.0, "ignition": False}
         assert decoded.events == [] and decoded.reply is None
 
     def test_full_report_extras(self) -> None:
@@ -229,7 +214,7 @@ class TestSessionFrames:
         assert fix.fix_time_ms == parse_time_ms("2008-09-24T05:54:03Z")
         assert fix.course == pytest.approx(30.1, abs=1e-4)
         assert fix.altitude == pytest.approx(65.43, abs=1e-4)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "001",
             "ignition": True,
             "door": False,
@@ -316,7 +301,7 @@ class TestSessionFrames:
         decoded = _decode_one(frame)
 
         [fix] = decoded.fixes
-        assert _values(fix) == {"event": keyword, "alarm": alarm}
+        assert attribute_values(fix) == {"event": keyword, "alarm": alarm}
         assert [json.loads(e.attributes["alarm"]) for e in decoded.events] == [alarm]
         assert decoded.reply is None
 
@@ -327,7 +312,7 @@ class TestSessionFrames:
             b"2234.4026,N,11354.3277,E,0.00,\n"
         ).fixes
 
-        assert _values(fix) == {"event": "acc on", "ignition": True}
+        assert attribute_values(fix) == {"event": "acc on", "ignition": True}
 
     @pytest.mark.parametrize(
         "frame",
@@ -374,72 +359,35 @@ class TestRefusals:
         with pytest.raises(FrameError, match=reason):
             Gps103Session().decode(frame, server_time_ms=NOW_MS)
 
-    def test_split_refuses_garbage_front(self) -> None:
-        """Bytes that cannot start a frame close the stream."""
-        with pytest.raises(FrameError, match="cannot start with"):
-            Gps103Session().split(bytearray(b"GET / HTTP/1.1\r\n"))
-
-    def test_split_refuses_non_ascii(self) -> None:
-        """A non-ASCII byte in a pending frame closes the stream."""
-        with pytest.raises(FrameError, match="non-ASCII"):
-            Gps103Session().split(bytearray(b"imei:3595\xff"))
-
-    def test_split_refuses_overlong(self) -> None:
-        """A frame longer than 2048 bytes without a terminator is refused."""
-        with pytest.raises(FrameError, match="exceeds 2048 bytes"):
-            Gps103Session().split(bytearray(b"imei:" + b"1" * 2100))
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"GET / HTTP/1.1\r\n", "cannot start with"),  # not a frame's first byte
+            (b"imei:3595\xff", "non-ASCII"),  # in a pending frame
+            (b"imei:" + b"1" * 2100, "exceeds 2048 bytes"),  # with no terminator
+        ],
+    )
+    def test_split_refuses(self, data: bytes, reason: str) -> None:
+        """Bytes that can never be a frame close the stream."""
+        with pytest.raises(FrameError, match=reason):
+            Gps103Session().split(bytearray(data))
 
     def test_split_keeps_good_frames_before_garbage(self) -> None:
         """Frames before the garbage come out first; the garbage fails next time."""
-        session = Gps103Session()
-        buffer = bytearray(HEARTBEAT + b"\x00\x01garbage;")
-
-        assert session.split(buffer) == [HEARTBEAT]
-        with pytest.raises(FrameError, match="cannot start with"):
-            session.split(buffer)
+        assert_refused_after_frames(
+            Gps103Session(), [HEARTBEAT], b"\x00\x01garbage;", "cannot start with"
+        )
 
 
-class TestFraming:
-    STREAM = b"".join(VALID_FRAMES)
-
-    def _frames(self, chunks: list[bytes]) -> list[bytes]:
-        session = Gps103Session()
-        buffer = bytearray()
-        frames: list[bytes] = []
-        for chunk in chunks:
-            buffer += chunk
-            frames += session.split(buffer)
-        assert not buffer
-        return frames
-
-    def test_merged_in_one_read(self) -> None:
-        """Every frame of a stream read at once comes out, terminator included."""
-        assert self._frames([self.STREAM]) == VALID_FRAMES
-
-    def test_one_byte_at_a_time(self) -> None:
-        """The same stream fed byte by byte gives the same frames."""
-        chunks = [self.STREAM[i : i + 1] for i in range(len(self.STREAM))]
-
-        assert self._frames(chunks) == VALID_FRAMES
-
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks(self, seed: int) -> None:
-        """Random chunk sizes give the same frames."""
-        rng = random.Random(seed)
-        chunks, start = [], 0
-        while start < len(self.STREAM):
-            size = rng.randint(1, 80)
-            chunks.append(self.STREAM[start : start + size])
-            start += size
-
-        assert self._frames(chunks) == VALID_FRAMES
+class TestFraming(FramingChecks):
+    frames = VALID_FRAMES
+    session_type = Gps103Session
 
     def test_crlf_between_frames(self) -> None:
         """CR LF after a ``;`` is a separator, not a frame."""
-        assert self._frames([HEARTBEAT + b"\r\n" + HANDSHAKE + b"\r\n"]) == [
-            HEARTBEAT,
-            HANDSHAKE,
-        ]
+        stream = [HEARTBEAT + b"\r\n" + HANDSHAKE + b"\r\n"]
+
+        assert split_chunks(Gps103Session(), stream) == [HEARTBEAT, HANDSHAKE]
 
     def test_datagram_without_terminator(self) -> None:
         """A UDP datagram may leave out the final terminator."""
@@ -460,68 +408,14 @@ class TestFraming:
         assert len(decoded.fixes) == 1 and len(decoded.events) == 1
 
 
-class TestHostileInput:
-    @given(st.binary(max_size=3000))
-    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-    @example(b"imei:" + b"9" * 2100)
-    @example(b"1" * 20 + b"imei:1;")
-    def test_random_bytes(self, data: bytes) -> None:
-        """Random bytes only ever raise FrameError, and the buffer stays bounded."""
-        session = Gps103Session()
-        buffer = bytearray(data)
-        try:
-            frames = session.split(buffer)
-            for frame in frames:
-                try:
-                    session.decode(frame, server_time_ms=NOW_MS)
-                except FrameError:
-                    pass
-        except FrameError:
-            return
-        assert len(buffer) <= session.max_frame_bytes
+class TestHostileInput(HostileInputChecks):
+    valid_frames = VALID_FRAMES
+    session_type = Gps103Session
 
-    @given(
-        st.sampled_from(VALID_FRAMES),
-        st.lists(
-            st.tuples(
-                st.sampled_from(["flip", "insert", "delete", "truncate"]),
-                st.integers(min_value=0, max_value=4000),
-                st.integers(min_value=0, max_value=255),
-            ),
-            min_size=1,
-            max_size=4,
-        ),
-    )
-    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-    def test_mutated_packets(
-        self, frame: bytes, mutations: list[tuple[str, int, int]]
-    ) -> None:
-        """Flipped, inserted, deleted or truncated bytes only raise FrameError."""
-        data = bytearray(frame)
-        for kind, position, value in mutations:
-            index = position % (len(data) + 1)
-            if kind == "flip" and index < len(data):
-                data[index] ^= value or 1
-            elif kind == "insert":
-                data.insert(index, value)
-            elif kind == "delete" and index < len(data):
-                del data[index]
-            elif kind == "truncate":
-                del data[index:]
-
-        for decode in (Gps103Session().decode, Gps103Session().decode_datagram):
-            try:
-                decode(bytes(data), server_time_ms=NOW_MS)
-            except FrameError:
-                pass
-
-    @pytest.mark.parametrize("frame", VALID_FRAMES)
-    def test_decode_deterministic(self, frame: bytes) -> None:
-        """Decoding a valid frame twice gives identical results."""
-        first = Gps103Session().decode(frame, server_time_ms=NOW_MS)
-        second = Gps103Session().decode(frame, server_time_ms=NOW_MS)
-
-        assert first == second
+    @pytest.mark.parametrize("data", [b"imei:" + b"9" * 2100, b"1" * 20 + b"imei:1;"])
+    def test_known_hostile_inputs(self, data: bytes) -> None:
+        """An over-long report and digits glued to a report only raise FrameError."""
+        self.check(data)
 
 
 class TestDetection:
@@ -533,53 +427,21 @@ class TestDetection:
         """Handshake, heartbeat and report openings are GPS103."""
         assert looks_like_gps103(first)
 
-    @pytest.mark.parametrize(
-        "first",
-        [
-            b"*HQ,4210051415,V1,164549,A,2240.8192,N,11359.1776,E,0.00,0.00,",
-            b"$$A138,862170013556541,AAA,35,7.092076,79.960473,",
-            b"[3G*1451316409*0002*LK]",
-            b"ST300STT;100850000;04;274;20080723;09:57:33;",
-            b"STT;100850000;3FFFFF;95;1.0.21;1;20080723;",
-            b"(088045133878BR00130228A5124.5526N00117.7152W",
-            b"+RESP:GTFRI,5E0100,861971050039361,,,,10,1,1,",
-            b"\x00\x0f356307042441013",
-            b"\x78\x78\x11\x01\x03\x51\x60\x80\x80\x77\x92\x88",
-            b"GET /?id=123456&lat=1 HTTP/1.1\r\n",
-            b"1",
-            b"imei:",
-        ],
-    )
+    @pytest.mark.parametrize("first", [*others_first_bytes("gps103"), b"1", b"imei:"])
     def test_leaves_other_protocols(self, first: bytes) -> None:
         """Other protocols' first bytes (and too little to tell) are not claimed."""
         assert not looks_like_gps103(first)
 
     def test_protocol_description(self) -> None:
         """GPS103 listens on port 5001, TCP and UDP, and is a text protocol."""
-        assert PROTOCOL.name == "gps103" == Gps103Session.protocol
-        assert PROTOCOL.default_port == 5001
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, True, True)
+        assert_registered(
+            PROTOCOL, "gps103", Gps103Session, port=5001, tcp=True, udp=True, text=True
+        )
         assert PROTOCOL.looks_like is looks_like_gps103
-        assert isinstance(PROTOCOL.session(), Gps103Session)
 
 
 def test_decode_benchmark(benchmark: Any) -> None:
     """Throughput of decoding a full report (one fix with six attributes)."""
-    session = Gps103Session()
-    frames = [FULL_REPORT] * 1000
+    run = decoding(Gps103Session(), [FULL_REPORT] * 1000)
 
-    def decode_all() -> int:
-        return sum(
-            len(session.decode(frame, server_time_ms=NOW_MS).fixes) for frame in frames
-        )
-
-    started = time.perf_counter()
-    records = benchmark(decode_all)
-    elapsed = time.perf_counter() - started
-
-    assert records == 1000
-    stats = getattr(benchmark, "stats", None)
-    mean = stats.stats.mean if stats is not None else elapsed
-    print(
-        f"gps103: {records / mean:,.0f} records/s ({mean / records * 1e6:.1f} us each)"
-    )
+    report_throughput(benchmark, run, records=1000, label="gps103")

@@ -1,21 +1,17 @@
 """GT06 / Concox: real packets decoded value by value, framing, hostile input, speed.
 
-Packets come from /work/shared/protocols/samples.json (Traccar's decoder tests) and
+Packets come from tests/data/protocol_samples.json (Traccar's decoder tests) and
 from tests/data/protocol_gt06_packets.json (the Concox protocol document's examples,
 more of Traccar's test packets and a forum capture), each with its source.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
-import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline.ingest.protocols.base import ALARMS, Decoded, FrameError
@@ -27,28 +23,31 @@ from pipeline.ingest.protocols.gt06 import (
     looks_like_gt06,
 )
 from pipeline.model import Fix, parse_time_ms
+from tests.protocol_checks import (
+    NOW_MS,
+    SETTINGS,
+    FramingChecks,
+    HostileInputChecks,
+    Mutation,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    data_packets,
+    decoding,
+    exercise,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "protocols"
-SAMPLES = {
-    sample["id"]: sample
-    for sample in json.loads((SHARED / "samples.json").read_text())
-    if sample["protocol"] == "gt06"
-}
-PACKETS_FILE = Path(__file__).parent / "data" / "protocol_gt06_packets.json"
-PACKETS = {p["id"]: p for p in json.loads(PACKETS_FILE.read_text())["packets"]}
-NOW_MS = 1_760_000_000_000
+SAMPLES = shared_samples("gt06")
+PACKETS = data_packets("gt06")
 DEVICE = "353419036066061"
 LOGIN = bytes.fromhex(SAMPLES["gt06-0x16"]["session_context"][0]["payload_hex"])
 LOGIN_ACK = bytes.fromhex("787805010003face0d0a")
 
 # A 0x12 body (date 2011-08-30 01:46:16, GPS block and cell block) for built frames.
 GPS_CELL_BODY = bytes.fromhex("0b081e012e10cf027ac7eb0c46584900148f01cc00287d001fb8")
-
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def reference_crc(data: bytes) -> int:
@@ -100,20 +99,7 @@ def assert_fix(fix: Fix, expected: dict[str, Any], device: str = DEVICE) -> None
     if "ignition" in expected:
         assert json.loads(fix.attributes["ignition"]) is expected["ignition"]
     if "attributes" in expected:
-        decoded = {key: json.loads(value) for key, value in fix.attributes.items()}
-        assert decoded == expected["attributes"]
-
-
-def frames_of(chunks: list[bytes]) -> list[bytes]:
-    """The frames a fresh session splits from ``chunks`` fed in order."""
-    session = Gt06Session()
-    buffer = bytearray()
-    frames: list[bytes] = []
-    for chunk in chunks:
-        buffer += chunk
-        frames += session.split(buffer)
-    assert not buffer
-    return frames
+        assert attribute_values(fix) == expected["attributes"]
 
 
 class TestSharedSamples:
@@ -130,10 +116,9 @@ class TestSharedSamples:
 
         assert login.device == sample["expected"]["imei"] == session.device
         assert login.reply == LOGIN_ACK
-        assert len(decoded.fixes) == 1
-        assert_fix(decoded.fixes[0], sample["expected"])
+        assert_sample(decoded, sample, names_device=False)
+        assert not decoded.fixes[0].HasField("accuracy")
         assert decoded.events == []
-        assert decoded.reply == bytes.fromhex(sample["expected"]["ack_hex"])
 
     def test_sample_0x16_status_attributes(self) -> None:
         """The 0x16 sample's terminal byte 40, voltage 5 and GSM 4 become attributes."""
@@ -142,8 +127,7 @@ class TestSharedSamples:
 
         fix = session.decode(payload, server_time_ms=NOW_MS).fixes[0]
 
-        attributes = {key: json.loads(value) for key, value in fix.attributes.items()}
-        assert attributes == {
+        assert attribute_values(fix) == {
             "status": 0x40,
             "ignition": False,
             "charge": False,
@@ -324,10 +308,10 @@ class TestLogin:
 
     def test_protocol_entry(self) -> None:
         """PROTOCOL names gt06 on port 5023, TCP only, binary."""
-        assert (PROTOCOL.name, PROTOCOL.default_port) == ("gt06", DEFAULT_PORT)
+        assert_registered(
+            PROTOCOL, "gt06", Gt06Session, port=5023, tcp=True, udp=False, text=False
+        )
         assert DEFAULT_PORT == 5023
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, False, False)
-        assert isinstance(PROTOCOL.session(), Gt06Session)
 
 
 class TestReplies:
@@ -476,8 +460,8 @@ class TestMalformed:
             logged_in().decode(b"\x78\x79" + frame[2:], server_time_ms=0)
 
 
-class TestFraming:
-    STREAM: ClassVar[list[bytes]] = [
+class TestFraming(FramingChecks):
+    frames: ClassVar[list[bytes]] = [
         LOGIN,
         bytes.fromhex(SAMPLES["gt06-0x16"]["payload_hex"]),
         bytes.fromhex(PACKETS["traccar-0x22-archive"]["payload_hex"]),
@@ -485,37 +469,16 @@ class TestFraming:
         bytes.fromhex(SAMPLES["gt06-0x10-south-west"]["payload_hex"]),
         build_frame(0x12, GPS_CELL_BODY + b"\x0d\x0a\x0d\x0a"),  # 0D 0A inside
     ]
-
-    def test_one_byte_at_a_time(self) -> None:
-        """Fed byte by byte, the stream gives the same frames."""
-        data = b"".join(self.STREAM)
-
-        assert frames_of([data[i : i + 1] for i in range(len(data))]) == self.STREAM
-
-    @pytest.mark.parametrize("seed", range(20))
-    def test_random_chunks(self, seed: int) -> None:
-        """Cut at random places, the stream gives the same frames."""
-        data = b"".join(self.STREAM)
-        rng = random.Random(seed)
-        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 30)))
-        bounds = [0, *cuts, len(data)]
-
-        chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-        assert frames_of(chunks) == self.STREAM
-
-    def test_merged_in_one_read(self) -> None:
-        """All frames in one read come out in order."""
-        assert frames_of([b"".join(self.STREAM)]) == self.STREAM
+    session_type = Gt06Session
 
     def test_incomplete_frame_stays_in_the_buffer(self) -> None:
         """Bytes of an unfinished frame wait for the next read."""
-        buffer = bytearray(LOGIN + self.STREAM[1][:20])
+        buffer = bytearray(LOGIN + self.frames[1][:20])
 
         frames = Gt06Session().split(buffer)
 
         assert frames == [LOGIN]
-        assert buffer == self.STREAM[1][:20]
+        assert buffer == self.frames[1][:20]
 
     @pytest.mark.parametrize(
         ("data", "reason"),
@@ -564,11 +527,8 @@ class TestLooksLike:
     @pytest.mark.parametrize(
         "first_bytes",
         [
+            *others_first_bytes("gt06"),
             b"\x78",
-            b"*HQ,4970105243,V1,104000,A#",
-            b"$$A35,",
-            b"\x00\x0f356307042441013",  # Teltonika's IMEI handshake
-            b"##,imei:359586015829802,A;",
             b"\x78\x78\x02\x01",
             LOGIN[:-3] + b"\x00\x0d\x0a",  # a whole frame with a bad CRC
         ],
@@ -585,64 +545,20 @@ VALID_FRAMES = [
 ] + [bytes.fromhex(SAMPLES["gt06-0x16"]["payload_hex"])]
 
 
-@st.composite
-def mutated_stream(draw: st.DrawFn) -> bytes:
-    """Valid frames with bytes flipped, inserted, deleted, truncated or re-lengthed."""
-    frame = bytearray(
-        b"".join(draw(st.lists(st.sampled_from(VALID_FRAMES), min_size=1, max_size=3)))
-    )
-    for _ in range(draw(st.integers(1, 4))):
-        if not frame:
-            break
-        index = draw(st.integers(0, len(frame) - 1))
-        operation = draw(st.sampled_from(["flip", "insert", "delete", "cut", "length"]))
-        if operation == "flip":
-            frame[index] ^= 1 << draw(st.integers(0, 7))
-        elif operation == "insert":
-            frame.insert(index, draw(st.integers(0, 255)))
-        elif operation == "delete":
-            del frame[index]
-        elif operation == "cut":
-            del frame[index:]
-        elif len(frame) >= 4:
-            frame[2:4] = draw(st.sampled_from([b"\x00\x00", b"\xff\xff", b"\x04\x7f"]))
-    return bytes(frame)
+def _absurd_length(draw: st.DrawFn, data: bytearray) -> None:
+    """Set the (long frame's) length field to an absurd value."""
+    if len(data) >= 4:
+        data[2:4] = draw(st.sampled_from([b"\x00\x00", b"\xff\xff", b"\x04\x7f"]))
 
 
-def feed(session: Gt06Session, data: bytes) -> list[Decoded]:
-    """Split and decode ``data`` as a server would; only FrameError may escape."""
-    buffer = bytearray(data)
-    decoded = []
-    try:
-        frames = session.split(buffer)
-    except FrameError:
-        return []
-    assert len(buffer) <= session.max_frame_bytes
-    for frame in frames:
-        try:
-            decoded.append(session.decode(frame, server_time_ms=NOW_MS))
-        except FrameError:
-            continue
-    return decoded
+class TestProperties(HostileInputChecks):
+    valid_frames = VALID_FRAMES
+    session_type = staticmethod(logged_in)
+    mutations: ClassVar[dict[str, Mutation]] = {"length": _absurd_length}
 
-
-class TestProperties:
-    @SETTINGS
-    @given(st.binary(max_size=3000))
-    @example(b"\x79\x79\x00\x05")  # a long header alone waits for more bytes
-    def test_random_bytes_raise_only_frame_errors(self, data: bytes) -> None:
-        """Random bytes split and decode with FrameError as the only failure."""
-        feed(logged_in(), data)
-        try:
-            Gt06Session().decode(data, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
-
-    @SETTINGS
-    @given(mutated_stream())
-    def test_mutated_packets_raise_only_frame_errors(self, data: bytes) -> None:
-        """Flipped, inserted, deleted, cut or re-lengthed bytes fail cleanly."""
-        feed(logged_in(), data)
+    def test_known_hostile_inputs(self) -> None:
+        """A long frame's header alone waits for more bytes, then fails cleanly."""
+        self.check(b"\x79\x79\x00\x05")
 
     @SETTINGS
     @given(
@@ -661,7 +577,7 @@ class TestProperties:
         session = logged_in()
         frame = build_frame(kind, content, long=long)
 
-        for decoded in feed(session, frame):
+        for decoded in exercise(session, frame):
             for fix in decoded.fixes:
                 assert -90 <= fix.latitude <= 90
                 assert -180 <= fix.longitude <= 180
@@ -678,15 +594,6 @@ class TestProperties:
         assert decoded.reply == build_frame(kind, b"", serial, long)
 
     @SETTINGS
-    @given(st.sampled_from(VALID_FRAMES))
-    def test_decode_is_deterministic(self, frame: bytes) -> None:
-        """The same frame decodes to the same result in two sessions."""
-        first = logged_in().decode(frame, server_time_ms=NOW_MS)
-        second = logged_in().decode(frame, server_time_ms=NOW_MS)
-
-        assert first == second
-
-    @SETTINGS
     @given(st.binary(max_size=200))
     def test_crc_matches_the_bitwise_definition(self, data: bytes) -> None:
         """The fast CRC equals the bit-by-bit CRC-16/X-25 on any bytes."""
@@ -695,23 +602,11 @@ class TestProperties:
 
 def test_benchmark_decode(benchmark: Any) -> None:
     """Decode 0x22 and 0x16 packets repeatedly; print records per second."""
-    session = logged_in()
     frames = [
         bytes.fromhex(PACKETS["traccar-0x22-acc-on"]["payload_hex"]),
         bytes.fromhex(SAMPLES["gt06-0x16"]["payload_hex"]),
     ] * 5_000
 
-    def decode_all() -> int:
-        decode = session.decode
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
-
-    started = time.perf_counter()
-    records = benchmark.pedantic(decode_all, rounds=3, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == len(frames)
-    if not benchmark.disabled:
-        mean_s = benchmark.stats.stats.mean
-        print(f"\ngt06 decode: {len(frames) / mean_s:,.0f} records/s (mean of 3)")
-    else:
-        print(f"\ngt06 decode (one untimed round): {len(frames) / elapsed:,.0f} rec/s")
+    report_throughput(
+        benchmark, decoding(logged_in(), frames), records=10_000, label="gt06 decode"
+    )

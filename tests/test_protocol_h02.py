@@ -1,24 +1,20 @@
 """H02: real text and binary packets decoded value by value, framing, UDP, speed.
 
-Packets come from /work/shared/protocols/samples.json (Traccar's decoder tests) and
+Packets come from tests/data/protocol_samples.json (Traccar's decoder tests) and
 from tests/data/protocol_h02_packets.json (more of Traccar's test packets, and two
 constructed heartbeats), each with its source.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
-import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import ALARMS, Decoded, FrameError
+from pipeline.ingest.protocols.base import ALARMS, FrameError
 from pipeline.ingest.protocols.h02 import (
     DEFAULT_PORT,
     KNOTS_TO_KMH,
@@ -27,31 +23,29 @@ from pipeline.ingest.protocols.h02 import (
     looks_like_h02,
 )
 from pipeline.model import Fix, parse_time_ms
-
-SHARED = Path(__file__).parents[1].parent / "shared" / "protocols"
-SAMPLES = {
-    sample["id"]: sample
-    for sample in json.loads((SHARED / "samples.json").read_text())
-    if sample["protocol"] == "h02"
-}
-PACKETS_FILE = Path(__file__).parent / "data" / "protocol_h02_packets.json"
-PACKETS = {p["id"]: p for p in json.loads(PACKETS_FILE.read_text())["packets"]}
-NOW_MS = 1_760_000_000_000
-NOW_TEXT = "20251009085320"  # NOW_MS as yyyyMMddHHmmss, UTC
-
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+from tests.protocol_checks import (
+    NOW_MS,
+    SETTINGS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    data_packets,
+    decoding,
+    exercise,
+    one_byte_chunks,
+    others_first_bytes,
+    payload,
+    random_chunks,
+    report_throughput,
+    shared_samples,
+    split_chunks,
 )
 
-
-def payload(packet: dict[str, Any]) -> bytes:
-    """A sample's or packet's bytes."""
-    if "payload_hex" in packet:
-        return bytes.fromhex(packet["payload_hex"])
-    return str(packet["payload_text"]).encode("ascii")
-
+SAMPLES = shared_samples("h02")
+PACKETS = data_packets("h02")
+NOW_TEXT = "20251009085320"  # NOW_MS as yyyyMMddHHmmss, UTC
 
 BINARY_32 = payload(SAMPLES["h02-binary-south-west"])
 BINARY_42 = payload(PACKETS["binary-42-long-id"])
@@ -77,27 +71,7 @@ def assert_fix(fix: Fix, expected: dict[str, Any], device: str) -> None:
     else:
         assert not fix.HasField("altitude")
     if "attributes" in expected:
-        decoded = {key: json.loads(value) for key, value in fix.attributes.items()}
-        assert decoded == expected["attributes"]
-
-
-def frames_of(chunks: list[bytes], session: H02Session | None = None) -> list[bytes]:
-    """The frames a session splits from ``chunks`` fed in order."""
-    session = session or H02Session()
-    buffer = bytearray()
-    frames: list[bytes] = []
-    for chunk in chunks:
-        buffer += chunk
-        frames += session.split(buffer)
-    assert not buffer
-    return frames
-
-
-def random_chunks(data: bytes, seed: int) -> list[bytes]:
-    """``data`` cut at random places."""
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 30)))
-    return [data[a:b] for a, b in itertools.pairwise([0, *cuts, len(data)])]
+        assert attribute_values(fix) == expected["attributes"]
 
 
 class TestSharedSamples:
@@ -110,41 +84,25 @@ class TestSharedSamples:
 
         decoded = session.decode(payload(sample), server_time_ms=NOW_MS)
 
-        assert decoded.device == expected["imei"] == session.device
-        assert len(decoded.fixes) == 1
-        fix = decoded.fixes[0]
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert round(fix.latitude, 6) == expected["latitude"]
-        assert round(fix.longitude, 6) == expected["longitude"]
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-4)
+        assert_sample(decoded, sample)
+        assert session.device == expected["imei"]
+        [fix] = decoded.fixes
         assert fix.speed_kmh == pytest.approx(expected["speed_knots"] * KNOTS_TO_KMH)
-        assert fix.course == expected["course"]
-        assert fix.valid is expected["valid"]
-        assert json.loads(fix.attributes["status"]) == 0xFFFFFBFF
-        assert json.loads(fix.attributes["ignition"]) is False
+        assert attribute_values(fix) == {"status": 0xFFFFFBFF, "ignition": False}
         assert decoded.events == []
-        pattern = expected["ack_text_pattern"]
-        reply = pattern.replace("<server UTC time yyyyMMddHHmmss>", NOW_TEXT)
-        assert decoded.reply == reply.encode("ascii")
+        assert decoded.reply is not None and NOW_TEXT.encode() in decoded.reply
 
     def test_binary_sample(self) -> None:
         """The binary sample gives its fix and no reply."""
-        expected = SAMPLES["h02-binary-south-west"]["expected"]
+        sample = SAMPLES["h02-binary-south-west"]
         session = H02Session()
 
         decoded = session.decode(BINARY_32, server_time_ms=NOW_MS)
 
-        assert expected["ack_expected"] is False
-        assert decoded.reply is None
-        assert decoded.device == expected["imei"] == session.device
-        assert_fix(
-            decoded.fixes[0],
-            {
-                **expected,
-                "attributes": {"status": 0xFFFFF9FF, "ignition": False},
-            },
-            expected["imei"],
-        )
+        assert_sample(decoded, sample)
+        assert session.device == sample["expected"]["imei"]
+        [fix] = decoded.fixes
+        assert attribute_values(fix) == {"status": 0xFFFFF9FF, "ignition": False}
 
 
 class TestPackets:
@@ -219,10 +177,10 @@ class TestPackets:
 
     def test_protocol_entry(self) -> None:
         """PROTOCOL names h02 on port 5013, TCP and UDP, text."""
-        assert (PROTOCOL.name, PROTOCOL.default_port) == ("h02", DEFAULT_PORT)
+        assert_registered(
+            PROTOCOL, "h02", H02Session, port=5013, tcp=True, udp=True, text=True
+        )
         assert DEFAULT_PORT == 5013
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, True, True)
-        assert isinstance(PROTOCOL.session(), H02Session)
 
     def test_binary_length_must_be_known(self) -> None:
         """A session refuses a binary frame length the protocol does not have."""
@@ -313,35 +271,37 @@ class TestMalformedBinary:
             H02Session().decode(b"#HQ,1#", server_time_ms=NOW_MS)
 
 
-class TestFraming:
+class TestFraming(FramingChecks):
     TEXT_STREAM: ClassVar[list[bytes]] = [
         payload(SAMPLES["h02-v1-cell"]),
         payload(PACKETS["text-nbr"]),
         payload(SAMPLES["h02-v1-west"]),
         payload(PACKETS["text-v0"]),
     ]
+    #: Text and 32-byte binary frames interleaved (no line break after binary).
+    frames: ClassVar[list[bytes]] = [
+        BINARY_32,
+        *TEXT_STREAM[:2],
+        BINARY_32,
+        BINARY_32,
+        *TEXT_STREAM[2:],
+    ]
+    session_type = H02Session
 
-    def test_text_one_byte_at_a_time(self) -> None:
+    def test_text_with_line_breaks_one_byte_at_a_time(self) -> None:
         """Text frames with CR LF between them, fed byte by byte, come out whole."""
         data = b"\r\n".join(self.TEXT_STREAM) + b"\r\n"
 
-        frames = frames_of([data[i : i + 1] for i in range(len(data))])
+        frames = split_chunks(H02Session(), one_byte_chunks(data))
 
         assert frames == self.TEXT_STREAM
-
-    @pytest.mark.parametrize("seed", range(10))
-    def test_mixed_stream_in_random_chunks(self, seed: int) -> None:
-        """Text and 32-byte binary frames interleaved, cut anywhere, come out whole."""
-        stream = [BINARY_32, *self.TEXT_STREAM[:2], BINARY_32, BINARY_32]
-
-        assert frames_of(random_chunks(b"".join(stream), seed)) == stream
 
     def test_binary_32_one_byte_at_a_time(self) -> None:
         """32-byte binary frames fed byte by byte: the length is learned as 32."""
         session = H02Session()
         data = BINARY_32 * 3
 
-        frames = frames_of([data[i : i + 1] for i in range(len(data))], session)
+        frames = split_chunks(session, one_byte_chunks(data))
 
         assert frames == [BINARY_32] * 3
         assert session.binary_length == 32
@@ -350,7 +310,7 @@ class TestFraming:
         """42-byte frames (8-byte id) fed byte by byte come out whole."""
         data = BINARY_42 * 3
 
-        assert frames_of([data[i : i + 1] for i in range(len(data))]) == [BINARY_42] * 3
+        assert split_chunks(H02Session(), one_byte_chunks(data)) == [BINARY_42] * 3
 
     @pytest.mark.parametrize("seed", range(10))
     def test_binary_45_learned_from_the_next_marker(self, seed: int) -> None:
@@ -359,7 +319,7 @@ class TestFraming:
         data = BINARY_45 * 4
         chunks = [data[:46], *random_chunks(data[46:], seed)]
 
-        assert frames_of(chunks, session) == [BINARY_45] * 4
+        assert split_chunks(session, chunks) == [BINARY_45] * 4
         assert session.binary_length == 45
 
     def test_binary_45_learned_from_an_exact_read(self) -> None:
@@ -367,7 +327,7 @@ class TestFraming:
         session = H02Session()
 
         assert (
-            frames_of([BINARY_45, BINARY_45[:7], BINARY_45[7:]], session)
+            split_chunks(session, [BINARY_45, BINARY_45[:7], BINARY_45[7:]])
             == [BINARY_45] * 2
         )
 
@@ -375,9 +335,7 @@ class TestFraming:
         """A session told the length splits 45-byte frames at any byte."""
         data = BINARY_45 * 3
 
-        frames = frames_of(
-            [data[i : i + 1] for i in range(len(data))], H02Session(binary_length=45)
-        )
+        frames = split_chunks(H02Session(binary_length=45), one_byte_chunks(data))
 
         assert frames == [BINARY_45] * 3
 
@@ -485,14 +443,8 @@ class TestLooksLike:
     @pytest.mark.parametrize(
         "first_bytes",
         [
+            *others_first_bytes("h02"),
             b"*HQ",
-            b"$$A135,864507032228727,AAA,35,24.819116,121.026091,",  # Meitrack
-            b"$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394",
-            b"##,imei:359586015829802,A;",  # GPS103
-            b"(027028258309BP05000027028258309120328A2934.0133N10627.2544E",
-            b"+RESP:GTFRI,020102,135790246811220,,0,0,1,1,4.3,92,70.0,",
-            b"[3G*1234567890*0009*LK,0,0,100]",
-            bytes.fromhex("78780d0103534190360660610003c3df0d0a"),  # GT06 login
             b"$" + bytes.fromhex("2705170308"),  # too short to see a time
         ],
     )
@@ -506,64 +458,18 @@ VALID_FRAMES = [payload(p) for p in PACKETS.values()] + [
 ]
 
 
-@st.composite
-def mutated_stream(draw: st.DrawFn) -> bytes:
-    """Valid frames with bytes flipped, inserted, deleted or truncated."""
-    frames = draw(st.lists(st.sampled_from(VALID_FRAMES), min_size=1, max_size=3))
-    data = bytearray(b"".join(frames))
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        index = draw(st.integers(0, len(data) - 1))
-        operation = draw(st.sampled_from(["flip", "insert", "delete", "cut"]))
-        if operation == "flip":
-            data[index] ^= 1 << draw(st.integers(0, 7))
-        elif operation == "insert":
-            data.insert(index, draw(st.sampled_from(b",.-#*$0123456789AVNSEW\xff")))
-        elif operation == "delete":
-            del data[index]
-        else:
-            del data[index:]
-    return bytes(data)
-
-
 TEXT_FIELD = st.text(alphabet="0123456789.-,ABVNSEWF ", max_size=14)
 
 
-def feed(session: H02Session, data: bytes) -> list[Decoded]:
-    """Split and decode ``data`` as a server would; only FrameError may escape."""
-    buffer = bytearray(data)
-    decoded = []
-    try:
-        frames = session.split(buffer)
-    except FrameError:
-        return []
-    assert len(buffer) <= session.max_frame_bytes
-    for frame in frames:
-        try:
-            decoded.append(session.decode(frame, server_time_ms=NOW_MS))
-        except FrameError:
-            continue
-    return decoded
+class TestProperties(HostileInputChecks):
+    valid_frames = VALID_FRAMES
+    session_type = H02Session
+    #: The bytes H02 frames are made of, and one that is never in them.
+    inserted = st.sampled_from([bytes((c,)) for c in b",.-#*$0123456789AVNSEW\xff"])
 
-
-class TestProperties:
-    @SETTINGS
-    @given(st.binary(max_size=2000))
-    @example(b"$" + bytes(14))  # 15 bytes: enough to check both id widths
-    def test_random_bytes_raise_only_frame_errors(self, data: bytes) -> None:
-        """Random bytes split and decode with FrameError as the only failure."""
-        feed(H02Session(), data)
-        try:
-            H02Session().decode(data, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
-
-    @SETTINGS
-    @given(mutated_stream())
-    def test_mutated_packets_raise_only_frame_errors(self, data: bytes) -> None:
-        """Flipped, inserted, deleted or truncated bytes fail cleanly."""
-        feed(H02Session(), data)
+    def test_known_hostile_inputs(self) -> None:
+        """15 bytes after '$': enough to check both id widths, then fail cleanly."""
+        self.check(b"$" + bytes(14))
 
     @SETTINGS
     @given(
@@ -578,7 +484,7 @@ class TestProperties:
         """Any fields after a valid head decode or fail with FrameError."""
         frame = ",".join(["*HQ", "4106012736", kind, *fields]) + "#"
 
-        for decoded in feed(H02Session(), frame.encode()):
+        for decoded in exercise(H02Session(), frame.encode()):
             for fix in decoded.fixes:
                 assert -90 <= fix.latitude <= 90
                 assert -180 <= fix.longitude <= 180
@@ -598,35 +504,12 @@ class TestProperties:
         assert -90 <= decoded.fixes[0].latitude <= 90
         assert -180 <= decoded.fixes[0].longitude <= 180
 
-    @SETTINGS
-    @given(st.sampled_from(VALID_FRAMES))
-    def test_decode_is_deterministic(self, frame: bytes) -> None:
-        """The same frame decodes to the same result in two sessions."""
-        first = H02Session().decode(frame, server_time_ms=NOW_MS)
-        second = H02Session().decode(frame, server_time_ms=NOW_MS)
-
-        assert first == second
-
 
 @pytest.mark.parametrize(
     ("name", "frame"), [("binary 32-byte", BINARY_32), ("text V1", TEXT_V1)]
 )
 def test_benchmark_decode(benchmark: Any, name: str, frame: bytes) -> None:
     """Decode a report repeatedly; print records per second."""
-    session = H02Session()
-    frames = [frame] * 10_000
+    run = decoding(H02Session(), [frame] * 10_000)
 
-    def decode_all() -> int:
-        decode = session.decode
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
-
-    started = time.perf_counter()
-    records = benchmark.pedantic(decode_all, rounds=3, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == len(frames)
-    if not benchmark.disabled:
-        rate = len(frames) / benchmark.stats.stats.mean
-        print(f"\nh02 {name} decode: {rate:,.0f} records/s (mean of 3)")
-    else:
-        print(f"\nh02 {name} (one untimed round): {len(frames) / elapsed:,.0f} rec/s")
+    report_throughput(benchmark, run, records=10_000, label=f"h02 {name} decode")

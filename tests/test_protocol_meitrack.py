@@ -1,55 +1,60 @@
 """Meitrack: real frames decoded value by value, framing, hostile input, speed.
 
-Frames come from /work/shared/protocols/samples.json (Traccar's decoder tests) and
+Frames come from tests/data/protocol_samples.json (Traccar's decoder tests) and
 from tests/data/protocol_meitrack_packets.json (the MEITRACK T622 GPRS Protocol
 document's examples and more of Traccar's test frames), each with its source.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import time
-from pathlib import Path
-from typing import Any
+import struct
+from contextlib import suppress
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import FrameError, new_fix
+from pipeline.ingest.protocols.base import ALARMS, Decoded, FrameError, new_fix
 from pipeline.ingest.protocols.meitrack import (
     EVENT_ALARMS,
     PROTOCOL,
     MeitrackSession,
     looks_like,
 )
-from pipeline.model import Fix, fix_to_json, parse_time_ms
-
-SHARED = Path(__file__).parents[1].parent / "shared" / "protocols"
-SAMPLES = {
-    sample["id"]: sample
-    for sample in json.loads((SHARED / "samples.json").read_text())
-    if sample["protocol"] == "meitrack"
-}
-PACKETS_FILE = Path(__file__).parent / "data" / "protocol_meitrack_packets.json"
-PACKETS = {p["id"]: p for p in json.loads(PACKETS_FILE.read_text())["packets"]}
-NOW_MS = 1_760_000_000_000
-CCC = bytes.fromhex(SAMPLES["meitrack-ccc"]["payload_hex"])
-
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+from pipeline.model import Fix
+from tests import protocol_checks
+from tests.protocol_checks import (
+    NOW_MS,
+    SETTINGS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_deterministic,
+    assert_packet,
+    assert_registered,
+    assert_sample,
+    data_packets,
+    decoding,
+    exercise,
+    mutate,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+    split_chunks,
 )
+
+SAMPLES = shared_samples("meitrack")
+PACKETS = data_packets("meitrack")
+CCC = bytes.fromhex(SAMPLES["meitrack-ccc"]["payload_hex"])
+RECORD = struct.Struct("<BiiIBBBHHHhIIHHHHHHHHI")
 
 
 def payload(entry: dict[str, Any]) -> bytes:
     """The frame of a sample; Traccar's tests drop the text frames' ``\\r\\n``."""
-    if "payload_hex" in entry:
-        return bytes.fromhex(entry["payload_hex"])
-    text = entry["payload_text"].encode()
-    return text if text.endswith(b"\r\n") else text + b"\r\n"
+    data = protocol_checks.payload(entry)
+    if "payload_hex" in entry or data.endswith(b"\r\n"):
+        return data
+    return data + b"\r\n"
 
 
 def seal(flag: bytes, content: bytes) -> bytes:
@@ -59,87 +64,26 @@ def seal(flag: bytes, content: bytes) -> bytes:
     return head + b"%02X\r\n" % (sum(head) & 0xFF)
 
 
-def split_all(session: MeitrackSession, data: bytes, sizes: list[int]) -> list[bytes]:
-    """Feed ``data`` in reads of the given sizes; return every frame split off."""
-    buffer = bytearray()
-    frames = []
-    position = 0
-    for size in sizes:
-        buffer += data[position : position + size]
-        position += size
-        frames += session.split(buffer)
-    buffer += data[position:]
-    frames += session.split(buffer)
-    assert not buffer
-    return frames
-
-
-def decode_one(data: bytes) -> Any:
-    session = MeitrackSession()
-    buffer = bytearray(data)
-    frames = session.split(buffer)
-    assert len(frames) == 1
-    assert not buffer
-    return session.decode(frames[0], server_time_ms=NOW_MS)
-
-
-def fix_view(fix: Fix) -> dict[str, Any]:
-    """Every decoded value of a fix, as the data file writes it."""
-    view = fix_to_json(fix)
-    del view["serverTime"], view["uniqueId"]
-    return view
-
-
-def assert_record(fix: Fix, expected: dict[str, Any]) -> None:
-    assert fix.fix_time_ms == parse_time_ms(expected["time"])
-    assert fix.latitude == pytest.approx(expected["latitude"], abs=1e-6)
-    assert fix.longitude == pytest.approx(expected["longitude"], abs=1e-6)
-    assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-3)
-    assert fix.course == pytest.approx(expected["course"])
-    assert fix.altitude == pytest.approx(expected["altitude"])
-    assert fix.satellites == expected["satellites"]
-    assert fix.valid is expected["valid"]
+def decode_one(data: bytes) -> Decoded:
+    return protocol_checks.decode_one(MeitrackSession(), data)
 
 
 class TestSharedSamples:
     @pytest.mark.parametrize("sample_id", sorted(SAMPLES))
     def test_sample_decodes_to_expected(self, sample_id: str) -> None:
-        sample = SAMPLES[sample_id]
-        expected = sample["expected"]
+        decoded = decode_one(payload(SAMPLES[sample_id]))
 
-        decoded = decode_one(payload(sample))
-
-        records = expected.get("all_records", [expected])
-        assert decoded.device == expected["imei"]
-        assert len(decoded.fixes) == expected.get("records", 1) == len(records)
-        for fix, record in zip(decoded.fixes, records, strict=True):
-            assert_record(fix, record)
-            assert fix.device == expected["imei"]
-            assert fix.protocol == "meitrack"
-            assert fix.server_time_ms == NOW_MS
-        if "alarm" in expected:
-            assert json.loads(decoded.fixes[0].attributes["alarm"]) == expected["alarm"]
-            assert decoded.events[0].attributes["alarm"] == '"sos"'
-        if "ack_text" in expected:
-            assert decoded.reply == expected["ack_text"].encode()
-        if expected.get("ack_expected") is False:
-            assert decoded.reply is None
+        assert_sample(decoded, SAMPLES[sample_id])
 
 
 class TestCapturedPackets:
     @pytest.mark.parametrize("packet_id", sorted(PACKETS))
     def test_packet_decodes_to_every_expected_value(self, packet_id: str) -> None:
         packet = PACKETS[packet_id]
-        expected = packet["expected"]
 
         decoded = decode_one(payload(packet))
 
-        assert decoded.device == expected["device"]
-        assert [fix_view(fix) for fix in decoded.fixes] == expected["fixes"]
-        alarms = [json.loads(event.attributes["alarm"]) for event in decoded.events]
-        assert alarms == expected["alarms"]
-        reply = expected["reply_text"]
-        assert decoded.reply == (reply.encode() if reply is not None else None)
+        assert_packet(decoded, packet["expected"])
 
     def test_alarm_event_carries_fix_time_and_place(self) -> None:
         decoded = decode_one(payload(SAMPLES["meitrack-aaa-sos"]))
@@ -152,8 +96,6 @@ class TestCapturedPackets:
         assert event.attributes["protocol"] == '"meitrack"'
 
     def test_every_event_alarm_is_in_the_shared_vocabulary(self) -> None:
-        from pipeline.ingest.protocols.base import ALARMS
-
         assert set(EVENT_ALARMS.values()) <= ALARMS
 
 
@@ -227,10 +169,8 @@ class TestFastPath:
         )
 
     def test_sample_records_equal_new_fix(self) -> None:
-        import struct
-
         start = CCC.index(b"CCC,") + 12
-        records = list(struct.iter_unpack("<BiiIBBBHHHhIIHHHHHHHHI", CCC[start:-5]))
+        records = list(RECORD.iter_unpack(CCC[start:-5]))
 
         decoded = decode_one(CCC)
 
@@ -257,39 +197,21 @@ class TestFastPath:
     def test_any_record_equals_new_fix(
         self, record: tuple[int, ...], server_time_ms: int
     ) -> None:
-        import struct
-
         content = b",369800013460674,CCC," + bytes.fromhex("0201340001000000")
-        frame = seal(b"A", content + struct.pack("<BiiIBBBHHHhIIHHHHHHHHI", *record))
+        frame = seal(b"A", content + RECORD.pack(*record))
 
         decoded = MeitrackSession().decode(frame, server_time_ms=server_time_ms)
 
         assert decoded.fixes == [self.reference(record, server_time_ms)]
 
 
-class TestFraming:
-    def test_one_byte_at_a_time_gives_the_same_frames(self) -> None:
-        data = CCC + payload(SAMPLES["meitrack-aaa-sos"])
-
-        frames = split_all(MeitrackSession(), data, [1] * len(data))
-
-        assert frames == [CCC, payload(SAMPLES["meitrack-aaa-sos"])]
-
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks_give_the_same_frames(self, seed: int) -> None:
-        frames = [payload(p) for p in PACKETS.values()] + [CCC]
-        data = b"".join(frames)
-        chance = random.Random(seed)
-        sizes = [chance.randint(1, 97) for _ in range(len(data) // 20)]
-
-        assert split_all(MeitrackSession(), data, sizes) == frames
-
-    def test_merged_frames_split_in_one_read(self) -> None:
-        frames = [payload(s) for s in SAMPLES.values()] * 3
-        buffer = bytearray(b"".join(frames))
-
-        assert MeitrackSession().split(buffer) == frames
-        assert not buffer
+class TestFraming(FramingChecks):
+    frames: ClassVar[list[bytes]] = [
+        *(payload(p) for p in PACKETS.values()),
+        CCC,
+        *(payload(s) for s in SAMPLES.values()),
+    ]
+    session_type = MeitrackSession
 
     def test_incomplete_frame_stays_in_the_buffer(self) -> None:
         buffer = bytearray(CCC[:500])
@@ -300,9 +222,8 @@ class TestFraming:
     def test_binary_crlf_inside_a_record_does_not_end_the_frame(self) -> None:
         content = b",1,CCC," + bytes.fromhex("0201340001000000") + b"\r\n" * 26
         frame = seal(b"A", content)
-        buffer = bytearray(frame + frame)
 
-        assert MeitrackSession().split(buffer) == [frame, frame]
+        assert split_chunks(MeitrackSession(), [frame + frame]) == [frame, frame]
 
     @pytest.mark.parametrize(
         ("data", "reason"),
@@ -399,8 +320,6 @@ class TestBadInput:
             MeitrackSession().decode(seal(b"A", content), server_time_ms=NOW_MS)
 
     def test_ccc_record_out_of_range_is_refused(self) -> None:
-        import struct
-
         record = bytearray(CCC[CCC.index(b"CCC,") + 12 :][:52])
         struct.pack_into("<i", record, 1, 90_000_001)
         content = b",1,CCC," + bytes.fromhex("0201340001000000") + record
@@ -422,55 +341,32 @@ class TestBadInput:
 def mutated_content(draw: st.DrawFn) -> bytes:
     """The content of a valid frame with bytes flipped, inserted or removed."""
     frame = draw(st.sampled_from([CCC, *(payload(p) for p in PACKETS.values())]))
-    content = bytearray(frame[frame.index(b",") : -5])
-    for _ in range(draw(st.integers(1, 4))):
-        position = draw(st.integers(0, len(content)))
-        operation = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if operation == "flip" and position < len(content):
-            content[position] ^= 1 << draw(st.integers(0, 7))
-        elif operation == "insert":
-            content[position:position] = draw(st.binary(min_size=1, max_size=8))
-        elif operation == "delete":
-            del content[position : position + draw(st.integers(1, 8))]
-        else:
-            del content[position:]
-    return bytes(content)
+    return mutate(draw, frame[frame.index(b",") : -5])
 
 
-class TestProperties:
-    @SETTINGS
-    @given(data=st.binary(max_size=600), sizes=st.lists(st.integers(1, 64)))
-    @example(data=b"$$A17,1,CCC,\x02\x014\x00*00\r\n", sizes=[])
-    def test_random_bytes_raise_only_frame_error(
-        self, data: bytes, sizes: list[int]
-    ) -> None:
-        session = MeitrackSession()
-        buffer = bytearray()
-        try:
-            for chunk in [data[: sum(sizes)], data[sum(sizes) :]]:
-                buffer += chunk
-                for frame in session.split(buffer):
-                    session.decode(frame, server_time_ms=NOW_MS)
-                assert len(buffer) <= session.max_frame_bytes
-        except FrameError:
-            pass
+class TestProperties(HostileInputChecks):
+    valid_frames: ClassVar[list[bytes]] = [
+        CCC,
+        *(payload(p) for p in PACKETS.values()),
+    ]
+    session_type = MeitrackSession
+
+    def test_known_hostile_inputs(self) -> None:
+        """A CCC report shorter than its 8-byte header only raises FrameError."""
+        self.check(b"$$A17,1,CCC,\x02\x014\x00*00\r\n")
 
     @SETTINGS
     @given(content=mutated_content(), flag=st.sampled_from([b"A", b"z", b"_"]))
-    def test_mutated_frames_raise_only_frame_error(
+    def test_resealed_mutated_content_raises_only_frame_error(
         self, content: bytes, flag: bytes
     ) -> None:
+        """Mutated content under a right length and checksum reaches the parsers;
+        it only raises FrameError."""
         frame = seal(flag, content)
-        session = MeitrackSession()
-        try:
-            buffer = bytearray(frame)
-            frames = session.split(buffer)
-            for each in frames:
-                first = session.decode(each, server_time_ms=NOW_MS)
-                again = session.decode(each, server_time_ms=NOW_MS)
-                assert first == again
-        except FrameError:
-            pass
+
+        exercise(MeitrackSession(), frame)
+        with suppress(FrameError):
+            assert_deterministic(MeitrackSession, frame)
 
     @SETTINGS
     @given(
@@ -482,10 +378,8 @@ class TestProperties:
     ) -> None:
         session = MeitrackSession()
         for broken in (frame[:cut], frame + frame[:cut]):
-            try:
+            with suppress(FrameError):
                 session.decode(broken, server_time_ms=NOW_MS)
-            except FrameError:
-                pass
 
     @SETTINGS
     @given(length=st.integers(0, 10**5), filler=st.binary(max_size=200))
@@ -514,15 +408,7 @@ class TestLooksLike:
     @pytest.mark.parametrize(
         "data",
         [
-            b"*HQ,865205030330012,V1,145452,A,2240.55181,N,11358.32389,E,0.00,0.00,",
-            b"##,imei:359586015829802,A;",
-            b"imei:359586015829802,tracker,1008281456,,F,",
-            b"(027028641389BP05000027028641389110905A3114.5366N12126.5862E",
-            b"+RESP:GTFRI,060228,862894020180553,,0,0,1,1,4.3,92,70.0,121.354335,",
-            b"[3G*2104326058*00E9*UD_LTE,300621,135101,A,32.162652,N,34.888748,E",
-            b"ST300STT;109002029;08;1080;20190220;13:00:55;85405;+04.645710;",
-            bytes.fromhex("000000000000003608010000016b40d8ea30010000000000000000"),
-            bytes.fromhex("78780d010123456789012345000139b40d0a"),
+            *others_first_bytes("meitrack"),
             b"$\x24\x41\x30\x99\x12\x13\x14",  # an H02 binary frame's BCD bytes
             b"$$",
             b"",
@@ -532,52 +418,27 @@ class TestLooksLike:
         assert not looks_like(data)
 
     def test_protocol_is_registered_with_its_port(self) -> None:
-        assert (PROTOCOL.name, PROTOCOL.default_port) == ("meitrack", 5020)
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, False, False)
-        assert isinstance(PROTOCOL.session(), MeitrackSession)
+        assert_registered(
+            PROTOCOL, "meitrack", MeitrackSession, port=5020, tcp=True, udp=False,
+            text=False,
+        )  # fmt: skip
 
 
 def test_benchmark_ccc_decode(benchmark: Any) -> None:
     """Decode the 18-record CCC upload repeatedly; print records per second."""
-    session = MeitrackSession()
-    frames = [CCC] * 500
+    run = decoding(MeitrackSession(), [CCC] * 500)
 
-    def decode_all() -> int:
-        decode = session.decode
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
-
-    started = time.perf_counter()
-    records = benchmark.pedantic(decode_all, rounds=5, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == 18 * len(frames)
-    if not benchmark.disabled:
-        mean_s = benchmark.stats.stats.mean
-        print(f"\nmeitrack CCC decode: {records / mean_s:,.0f} records/s (mean of 5)")
-    else:
-        print(f"\nmeitrack CCC (one untimed round): {records / elapsed:,.0f} rec/s")
+    report_throughput(
+        benchmark, run, records=18 * 500, label="meitrack CCC decode", rounds=5
+    )
 
 
 def test_benchmark_aaa_decode(benchmark: Any) -> None:
     """Decode AAA text reports repeatedly; print records per second."""
-    session = MeitrackSession()
     frames = [
         payload(SAMPLES["meitrack-aaa-sos"]),
         payload(PACKETS["traccar-aaa-fuel"]),
     ]
-    frames *= 2_000
+    run = decoding(MeitrackSession(), frames * 2_000)
 
-    def decode_all() -> int:
-        decode = session.decode
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
-
-    started = time.perf_counter()
-    records = benchmark.pedantic(decode_all, rounds=3, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == len(frames)
-    if not benchmark.disabled:
-        mean_s = benchmark.stats.stats.mean
-        print(f"\nmeitrack AAA decode: {records / mean_s:,.0f} records/s (mean of 3)")
-    else:
-        print(f"\nmeitrack AAA (one untimed round): {records / elapsed:,.0f} rec/s")
+    report_throughput(benchmark, run, records=4_000, label="meitrack AAA decode")

@@ -1,6 +1,6 @@
 """Suntech: real reports decoded value by value, framing, hostile input, speed.
 
-Reports come from /work/shared/protocols/samples.json (Traccar's decoder tests) and
+Reports come from tests/data/protocol_samples.json (Traccar's decoder tests) and
 from tests/data/protocol_suntech_packets.json (more of Traccar's test reports: the
 legacy SA200/ST300/ST500/ST600, ST4xx and ST910 layouts and the universal one),
 each with its source.
@@ -9,16 +9,14 @@ each with its source.
 from __future__ import annotations
 
 import json
-import random
-import time
-from pathlib import Path
-from typing import Any
+from contextlib import suppress
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import ALARMS, FrameError
+from pipeline.ingest.protocols.base import ALARMS, Decoded, FrameError
 from pipeline.ingest.protocols.suntech import (
     ALERT_ALARMS,
     EMERGENCY_ALARMS,
@@ -26,25 +24,27 @@ from pipeline.ingest.protocols.suntech import (
     SuntechSession,
     looks_like,
 )
-from pipeline.model import Fix, fix_to_json, parse_time_ms
+from tests.protocol_checks import (
+    NOW_MS,
+    SETTINGS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_packet,
+    assert_registered,
+    assert_sample,
+    data_packets,
+    exercise,
+    one_byte_chunks,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+    split_chunks,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "protocols"
-SAMPLES = {
-    sample["id"]: sample
-    for sample in json.loads((SHARED / "samples.json").read_text())
-    if sample["protocol"] == "suntech"
-}
-PACKETS_FILE = Path(__file__).parent / "data" / "protocol_suntech_packets.json"
-PACKETS = {p["id"]: p for p in json.loads(PACKETS_FILE.read_text())["packets"]}
-NOW_MS = 1_760_000_000_000
+SAMPLES = shared_samples("suntech")
+PACKETS = data_packets("suntech")
 ST300 = SAMPLES["suntech-st300stt"]["payload_text"].encode()
 UNIVERSAL = SAMPLES["suntech-universal-stt"]["payload_text"].encode()
-
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def reports() -> list[bytes]:
@@ -52,55 +52,18 @@ def reports() -> list[bytes]:
     return [entry["payload_text"].encode() for entry in entries]
 
 
-def split_all(session: SuntechSession, data: bytes, sizes: list[int]) -> list[bytes]:
-    buffer = bytearray()
-    frames = []
-    position = 0
-    for size in sizes:
-        buffer += data[position : position + size]
-        position += size
-        frames += session.split(buffer)
-    buffer += data[position:]
-    frames += session.split(buffer)
-    assert not buffer
-    return frames
-
-
-def decode_one(report: bytes, ending: bytes = b"\r") -> Any:
+def decode_one(report: bytes, ending: bytes = b"\r") -> Decoded:
     session = SuntechSession()
-    buffer = bytearray(report + ending)
-    frames = session.split(buffer)
-    assert frames == [report]
-    assert not buffer
-    return session.decode(frames[0], server_time_ms=NOW_MS)
-
-
-def fix_view(fix: Fix) -> dict[str, Any]:
-    view = fix_to_json(fix)
-    del view["serverTime"], view["uniqueId"]
-    return view
+    assert split_chunks(session, [report + ending]) == [report]
+    return session.decode(report, server_time_ms=NOW_MS)
 
 
 class TestSharedSamples:
     @pytest.mark.parametrize("sample_id", sorted(SAMPLES))
     def test_sample_decodes_to_expected(self, sample_id: str) -> None:
-        expected = SAMPLES[sample_id]["expected"]
-
         decoded = decode_one(SAMPLES[sample_id]["payload_text"].encode())
 
-        [fix] = decoded.fixes
-        assert decoded.device == fix.device == expected["imei"]
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert fix.latitude == pytest.approx(expected["latitude"], abs=1e-6)
-        assert fix.longitude == pytest.approx(expected["longitude"], abs=1e-6)
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-3)
-        assert fix.course == pytest.approx(expected["course"])
-        assert fix.valid is expected["valid"]
-        if "satellites" in expected:
-            assert fix.satellites == expected["satellites"]
-        assert (fix.protocol, fix.server_time_ms) == ("suntech", NOW_MS)
-        assert expected["ack_expected"] is False
-        assert decoded.reply is None
+        assert_sample(decoded, SAMPLES[sample_id])
         assert decoded.events == []
 
 
@@ -108,16 +71,11 @@ class TestCapturedPackets:
     @pytest.mark.parametrize("packet_id", sorted(PACKETS))
     def test_packet_decodes_to_every_expected_value(self, packet_id: str) -> None:
         packet = PACKETS[packet_id]
-        expected = packet["expected"]
 
         decoded = decode_one(packet["payload_text"].encode())
 
-        assert decoded.device == expected["device"]
-        assert [fix_view(fix) for fix in decoded.fixes] == expected["fixes"]
-        alarms = [json.loads(event.attributes["alarm"]) for event in decoded.events]
-        assert alarms == expected["alarms"]
-        assert expected["reply_text"] is None
-        assert decoded.reply is None
+        assert_packet(decoded, packet["expected"])
+        assert packet["expected"]["reply_text"] is None
 
     def test_alarm_tables_are_in_the_shared_vocabulary(self) -> None:
         assert set(ALERT_ALARMS.values()) <= ALARMS
@@ -146,26 +104,21 @@ class TestCapturedPackets:
         assert decoded.fixes == []
 
 
-class TestFraming:
-    @pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"])
+class TestFraming(FramingChecks):
+    frames: ClassVar[list[bytes]] = reports()
+    separator = b"\r"
+    session_type = SuntechSession
+
+    @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
     def test_each_line_ending_splits(self, ending: bytes) -> None:
         data = ending.join(reports()) + ending
 
-        assert split_all(SuntechSession(), data, [1] * len(data)) == reports()
+        assert split_chunks(SuntechSession(), one_byte_chunks(data)) == reports()
 
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks_give_the_same_frames(self, seed: int) -> None:
-        data = b"\r".join(reports()) + b"\r"
-        chance = random.Random(seed)
-        sizes = [chance.randint(1, 80) for _ in range(len(data) // 20)]
+    def test_merged_reports_with_blank_lines_split_in_one_read(self) -> None:
+        data = b"\r\n".join(reports() * 2) + b"\r\n"
 
-        assert split_all(SuntechSession(), data, sizes) == reports()
-
-    def test_merged_reports_split_in_one_read(self) -> None:
-        buffer = bytearray(b"\r\n".join(reports() * 2) + b"\r\n")
-
-        assert SuntechSession().split(buffer) == reports() * 2
-        assert not buffer
+        assert split_chunks(SuntechSession(), [data]) == reports() * 2
 
     def test_report_without_its_ending_stays_in_the_buffer(self) -> None:
         buffer = bytearray(ST300)
@@ -247,50 +200,14 @@ class TestBadInput:
         assert (decoded.fixes, decoded.events, decoded.reply) == ([], [], None)
 
 
-@st.composite
-def mutated_reports(draw: st.DrawFn) -> bytes:
-    """A valid report with bytes flipped, inserted or removed."""
-    report = bytearray(draw(st.sampled_from(reports())))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(report)))
-        operation = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if operation == "flip" and at < len(report):
-            report[at] ^= 1 << draw(st.integers(0, 7))
-        elif operation == "insert":
-            report[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif operation == "delete":
-            del report[at : at + draw(st.integers(1, 8))]
-        else:
-            del report[at:]
-    return bytes(report)
+class TestProperties(HostileInputChecks):
+    valid_frames: ClassVar[list[bytes]] = reports()
+    session_type = SuntechSession
 
-
-class TestProperties:
-    @SETTINGS
-    @given(data=st.binary(max_size=600), cut=st.integers(0, 600))
-    @example(data=b"ST910;Location;1;\r", cut=0)
-    def test_random_bytes_raise_only_frame_error(self, data: bytes, cut: int) -> None:
-        session = SuntechSession()
-        buffer = bytearray()
-        try:
-            for chunk in (data[:cut], data[cut:]):
-                buffer += chunk
-                for each in session.split(buffer):
-                    session.decode(each, server_time_ms=NOW_MS)
-                assert len(buffer) <= session.max_frame_bytes
-            session.decode_datagram(data, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
-
-    @SETTINGS
-    @given(report=mutated_reports())
-    def test_mutated_reports_raise_only_frame_error(self, report: bytes) -> None:
-        session = SuntechSession()
-        try:
-            first = session.decode(report, server_time_ms=NOW_MS)
-        except FrameError:
-            return
-        assert session.decode(report, server_time_ms=NOW_MS) == first
+    def test_known_hostile_inputs(self) -> None:
+        """An ST910 location report that stops after its device id only raises
+        FrameError."""
+        self.check(b"ST910;Location;1;\r")
 
     @SETTINGS
     @given(
@@ -301,10 +218,8 @@ class TestProperties:
         self, mask: int, fields: list[str]
     ) -> None:
         report = ";".join(["STT", "1", f"{mask:06X}", *fields]).encode()
-        try:
+        with suppress(FrameError):
             SuntechSession().decode(report, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
 
 
 class TestLooksLike:
@@ -321,15 +236,7 @@ class TestLooksLike:
     @pytest.mark.parametrize(
         "data",
         [
-            b"*HQ,865205030330012,V1,145452,A,2240.55181,N,11358.32389,E,0.00,0.00,",
-            b"##,imei:359586015829802,A;",
-            b"imei:359586015829802,tracker,1008281456,,F,",
-            b"(027028641389BP05000027028641389110905A3114.5366N12126.5862E",
-            b"+RESP:GTFRI,060228,862894020180553,,0,0,1,1,4.3,92,70.0,121.354335,",
-            b"$$T143,869013024733944,AAA,1,18.459575,-69.947161,170220142912,A,5,",
-            b"[3G*2104326058*00E9*UD_LTE,300621,135101,A,32.162652,N,34.888748,E",
-            bytes.fromhex("000000000000003608010000016b40d8ea30010000000000000000"),
-            bytes.fromhex("78780d010123456789012345000139b40d0a"),
+            *others_first_bytes("suntech"),
             b"ST910;Parked;1",
             b"STX;1;2",
             b"ST300STT",
@@ -340,9 +247,10 @@ class TestLooksLike:
         assert not looks_like(data)
 
     def test_protocol_is_registered_with_its_port(self) -> None:
-        assert (PROTOCOL.name, PROTOCOL.default_port) == ("suntech", 5011)
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, True, True)
-        assert isinstance(PROTOCOL.session(), SuntechSession)
+        assert_registered(
+            PROTOCOL, "suntech", SuntechSession, port=5011, tcp=True, udp=True,
+            text=True,
+        )  # fmt: skip
 
 
 def test_benchmark_decode(benchmark: Any) -> None:
@@ -350,19 +258,9 @@ def test_benchmark_decode(benchmark: Any) -> None:
     stream = (ST300 + b"\r" + UNIVERSAL + b"\r") * 2_000
 
     def split_and_decode() -> int:
-        session = SuntechSession()
-        buffer = bytearray(stream)
-        decode = session.decode
-        frames = session.split(buffer)
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
+        decoded = exercise(SuntechSession(), stream)
+        return sum(len(each.fixes) for each in decoded)
 
-    started = time.perf_counter()
-    records = benchmark.pedantic(split_and_decode, rounds=3, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == 4_000
-    if not benchmark.disabled:
-        mean_s = benchmark.stats.stats.mean
-        print(f"\nsuntech split+decode: {records / mean_s:,.0f} records/s (mean of 3)")
-    else:
-        print(f"\nsuntech (one untimed round): {records / elapsed:,.0f} rec/s")
+    report_throughput(
+        benchmark, split_and_decode, records=4_000, label="suntech split+decode"
+    )

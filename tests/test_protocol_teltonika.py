@@ -1,6 +1,6 @@
 """Teltonika codec 8, 8 Extended, 16 and 12, over TCP and UDP.
 
-Real packets come from two places: ``/work/shared/protocols/samples.json`` (each
+Real packets come from two places: ``tests/data/protocol_samples.json`` (each
 sample names its source), and the examples of Teltonika's public wiki page
 "Teltonika Data Sending Protocols" (wiki.teltonika-gps.com, formerly "Codec"):
 codec 8 examples 1 to 3, the codec 8 Extended example, the codec 16 example, the
@@ -16,37 +16,43 @@ encoding of fixes is checked against the reference construction.
 
 from __future__ import annotations
 
-import itertools
-import json
 import random
 import struct
-import time
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from pipeline.ingest.framing import TrackerStream
 from pipeline.ingest.protocols import teltonika
-from pipeline.ingest.protocols.base import FrameError, alarm_event, new_fix
+from pipeline.ingest.protocols.base import Decoded, FrameError, alarm_event, new_fix
 from pipeline.ingest.protocols.teltonika import (
     PROTOCOL,
     TeltonikaSession,
     looks_like_teltonika,
 )
-from pipeline.model import Fix, parse_time_ms
+from pipeline.model import Fix
+from tests import protocol_checks
+from tests.protocol_checks import (
+    NOW_MS,
+    FramingChecks,
+    HostileInputChecks,
+    Mutation,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    decoding,
+    exercise,
+    mutated,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared"
-SAMPLES = [
-    sample
-    for sample in json.loads((SHARED / "protocols" / "samples.json").read_text())
-    if sample["protocol"] == "teltonika"
-]
-NOW_MS = 1_760_000_000_000
+SAMPLES = list(shared_samples("teltonika").values())
 IMEI = "356307042441013"
 HANDSHAKE = bytes.fromhex("000f333536333037303432343431303133")
 
@@ -275,17 +281,9 @@ def identified() -> TeltonikaSession:
     return session
 
 
-def decode_one(frame: bytes, session: TeltonikaSession | None = None) -> Any:
+def decode_one(frame: bytes, session: TeltonikaSession | None = None) -> Decoded:
     """Frame ``frame`` alone (it must be one whole frame) and decode it."""
-    session = session or identified()
-    buffer = bytearray(frame)
-    assert session.split(buffer) == [frame]
-    assert not buffer
-    return session.decode(frame, server_time_ms=NOW_MS)
-
-
-def values(fix: Fix) -> dict[str, Any]:
-    return {key: json.loads(value) for key, value in fix.attributes.items()}
+    return protocol_checks.decode_one(session or identified(), frame)
 
 
 def position(fix: Fix) -> tuple[Any, ...]:
@@ -320,29 +318,14 @@ class TestSharedSamples:
 
         assert login.device == expected["imei"] == session.device
         assert (login.reply, login.refusal) == (b"\x01", b"\x00")
-        assert decoded.reply == bytes.fromhex(expected["ack_hex"])
-        assert len(decoded.fixes) == expected["records"]
-        for fix, record in zip(
-            decoded.fixes, expected.get("all_records", [expected]), strict=True
-        ):
-            assert fix.device == expected["imei"]
-            assert fix.protocol == "teltonika"
-            assert fix.server_time_ms == NOW_MS
-            assert fix.fix_time_ms == parse_time_ms(record["time"])
-            assert fix.latitude == pytest.approx(record["latitude"], abs=1e-6)
-            assert fix.longitude == pytest.approx(record["longitude"], abs=1e-6)
-            assert fix.speed_kmh == record["speed_kmh"]
-            assert fix.course == record["course"]
-            assert fix.altitude == record["altitude"]
-            assert fix.satellites == record["satellites"]
-            assert fix.valid is record["valid"]
+        assert_sample(decoded, sample, names_device=False)
 
     def test_codec8_io_elements(self) -> None:
         """All 15 IO elements of the 83 km/h record, raw and named."""
         decoded = decode_one(bytes.fromhex(SAMPLES[0]["payload_hex"]))
 
         (fix,) = decoded.fixes
-        assert values(fix) == {
+        assert attribute_values(fix) == {
             "io240": 1,
             "motion": True,
             "io21": 3,
@@ -397,13 +380,13 @@ class TestSharedSamples:
             "io25": 0,
             "io241": 0,
         }
-        assert values(first) == {
+        assert attribute_values(first) == {
             **common,
             "event": 236,
             "io236": 1,
             "alarm": "sos",
         }
-        assert values(second) == {**common, "event": 389, "io389": 17}
+        assert attribute_values(second) == {**common, "event": 389, "io389": 17}
         assert decoded.events == [alarm_event(first, "sos")]
 
     def test_six_records_with_outputs_and_trip(self) -> None:
@@ -413,7 +396,7 @@ class TestSharedSamples:
         decoded = decode_one(bytes.fromhex(sample["payload_hex"]))
 
         third = decoded.fixes[2]
-        assert values(third) == {
+        assert attribute_values(third) == {
             "event": 240,
             "io1": 1,
             "input1": True,
@@ -431,7 +414,7 @@ class TestSharedSamples:
             "io24": 0,
             "io199": 29,
         }
-        powers = [values(fix)["power"] for fix in decoded.fixes]
+        powers = [attribute_values(fix)["power"] for fix in decoded.fixes]
         assert powers == [26.791, 26.804, 26.844, 26.59, 26.707, 26.706]
 
 
@@ -447,7 +430,7 @@ class TestWikiExamples:
 
         (fix,) = decoded.fixes
         assert position(fix) == (1560161086000, 0.0, 0.0, 0, 0, 0, 0, False)
-        assert values(fix) == {
+        assert attribute_values(fix) == {
             "priority": 1,
             "event": 1,
             "io21": 3,
@@ -467,7 +450,7 @@ class TestWikiExamples:
 
         (fix,) = decoded.fixes
         assert position(fix) == (1560161136000, 0.0, 0.0, 0, 0, 0, 0, False)
-        assert values(fix) == {
+        assert attribute_values(fix) == {
             "priority": 1,
             "event": 1,
             "io21": 3,
@@ -487,8 +470,8 @@ class TestWikiExamples:
         assert position(first) == (1560160861000, 0.0, 0.0, 0, 0, 0, 0, False)
         assert position(second) == (1560160879000, 0.0, 0.0, 0, 0, 0, 0, False)
         base = {"priority": 1, "event": 1}
-        assert values(first) == {**base, "io1": 0, "input1": False}
-        assert values(second) == {**base, "io1": 1, "input1": True}
+        assert attribute_values(first) == {**base, "io1": 0, "input1": False}
+        assert attribute_values(second) == {**base, "io1": 1, "input1": True}
         assert decoded.reply == bytes.fromhex("00000002")
 
     def test_codec8_extended_example(self) -> None:
@@ -497,7 +480,7 @@ class TestWikiExamples:
 
         (fix,) = decoded.fixes
         assert position(fix) == (1560166592000, 0.0, 0.0, 0, 0, 0, 0, False)
-        assert values(fix) == {
+        assert attribute_values(fix) == {
             "priority": 1,
             "event": 1,
             "io1": 1,
@@ -518,8 +501,18 @@ class TestWikiExamples:
         assert position(first) == (1562760414000, 0.0, 0.0, 0, 0, 0, 0, False)
         assert position(second) == (1562760415000, 0.0, 0.0, 0, 0, 0, 0, False)
         base = {"event": 11, "io1": 0, "input1": False, "io3": 0, "input3": False}
-        assert values(first) == {**base, "io11": 39, "io66": 22074, "power": 22.074}
-        assert values(second) == {**base, "io11": 38, "io66": 22074, "power": 22.074}
+        assert attribute_values(first) == {
+            **base,
+            "io11": 39,
+            "io66": 22074,
+            "power": 22.074,
+        }
+        assert attribute_values(second) == {
+            **base,
+            "io11": 38,
+            "io66": 22074,
+            "power": 22.074,
+        }
         assert decoded.reply == bytes.fromhex("00000002")
 
     def test_codec12_response_is_logged_not_answered(self) -> None:
@@ -550,7 +543,7 @@ class TestWikiExamples:
         (fix,) = decoded.fixes
         assert fix.device == "352093086403655"
         assert position(fix) == (1560407006000, 0.0, 0.0, 0, 0, 0, 0, False)
-        assert values(fix) == {
+        assert attribute_values(fix) == {
             "priority": 1,
             "event": 1,
             "io21": 3,
@@ -622,7 +615,7 @@ class TestEncodedPackets:
 
         assert decoded.fixes == [expected_fix(record) for record in items]
         alarms = [
-            alarm_event(fix, values(fix)["alarm"])
+            alarm_event(fix, attribute_values(fix)["alarm"])
             for fix in decoded.fixes
             if "alarm" in fix.attributes
         ]
@@ -676,7 +669,7 @@ class TestEncodedPackets:
         decoded = decode_one(tcp_frame(avl_data(0x08, [record])))
 
         (fix,) = decoded.fixes
-        assert values(fix)["alarm"] == alarm
+        assert attribute_values(fix)["alarm"] == alarm
         assert decoded.events == [alarm_event(fix, alarm)]
         assert decoded.events[0].event_time_ms == 1_700_000_000_000
 
@@ -714,7 +707,7 @@ class TestEncodedPackets:
 
         decoded = decode_one(tcp_frame(avl_data(0x8E, [record])))
 
-        assert values(decoded.fixes[0]) == {"io385": "0a1b2c", "io10000": ""}
+        assert attribute_values(decoded.fixes[0]) == {"io385": "0a1b2c", "io10000": ""}
 
     def test_zero_records_are_acknowledged(self) -> None:
         """A packet with no record is answered with a count of 0."""
@@ -766,42 +759,19 @@ class TestEncodedPackets:
 
 # --------------------------------------------------------------------- framing
 
-STREAM = HANDSHAKE + WIKI_C8_1 + WIKI_C8E + WIKI_C16 + WIKI_C12_RESPONSE + WIKI_C8_3
-STREAM_FRAMES = [HANDSHAKE, WIKI_C8_1, WIKI_C8E, WIKI_C16, WIKI_C12_RESPONSE, WIKI_C8_3]
 
-
-def frames_of(chunks: list[bytes]) -> list[bytes]:
-    session = TeltonikaSession()
-    stream = TrackerStream(session)
-    frames = []
-    for chunk in chunks:
-        frames += stream.feed(chunk)
-    assert not stream.buffer
-    return frames
-
-
-class TestFraming:
+class TestFraming(FramingChecks):
     """The TCP stream is cut into the same frames however it is read."""
 
-    def test_one_byte_at_a_time(self) -> None:
-        """Fed byte by byte, the stream gives every frame once, in order."""
-        chunks = [STREAM[index : index + 1] for index in range(len(STREAM))]
-
-        assert frames_of(chunks) == STREAM_FRAMES
-
-    def test_random_chunks(self) -> None:
-        """Random cut points give the same frames."""
-        rng = random.Random(5027)
-        for _ in range(50):
-            cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 30)))
-            edges = [0, *cuts, len(STREAM)]
-            chunks = [STREAM[a:b] for a, b in itertools.pairwise(edges)]
-
-            assert frames_of(chunks) == STREAM_FRAMES
-
-    def test_merged_frames_in_one_read(self) -> None:
-        """Every frame in one read: all split at once, nothing left over."""
-        assert frames_of([STREAM]) == STREAM_FRAMES
+    frames: ClassVar[list[bytes]] = [
+        HANDSHAKE,
+        WIKI_C8_1,
+        WIKI_C8E,
+        WIKI_C16,
+        WIKI_C12_RESPONSE,
+        WIKI_C8_3,
+    ]
+    session_type = TeltonikaSession
 
     def test_incomplete_frame_stays_in_buffer(self) -> None:
         """A partial frame waits; the rest completes it."""
@@ -819,7 +789,7 @@ class TestFraming:
         session = TeltonikaSession()
 
         decoded = [
-            session.decode(frame, server_time_ms=NOW_MS) for frame in STREAM_FRAMES
+            session.decode(frame, server_time_ms=NOW_MS) for frame in self.frames
         ]
 
         assert [len(item.fixes) for item in decoded] == [0, 1, 1, 2, 0, 2]
@@ -996,119 +966,65 @@ class TestBadFrames:
 
 # ------------------------------------------------------------ hostile input
 
-MUTATIONS = st.sampled_from(("flip", "insert", "delete", "truncate", "length"))
+
+def _absurd_length(draw: st.DrawFn, data: bytearray) -> None:
+    """Set the AVL data length field to any value, absurd ones included."""
+    data[4:8] = draw(st.binary(min_size=4, max_size=4))
 
 
-def mutate(frame: bytes, operation: str, at: int, data: bytes) -> bytes:
-    """One mutation of ``frame`` at ``at`` (wrapped into range)."""
-    if not frame:
-        return data
-    at %= len(frame)
-    if operation == "flip":
-        return (
-            frame[:at]
-            + bytes((frame[at] ^ (data[0] if data else 0xFF),))
-            + (frame[at + 1 :])
-        )
-    if operation == "insert":
-        return frame[:at] + data + frame[at:]
-    if operation == "delete":
-        return frame[:at] + frame[at + len(data) + 1 :]
-    if operation == "truncate":
-        return frame[:at]
-    absurd = int.from_bytes(data[:4].ljust(4, b"\xff"), "big")
-    return frame[:4] + struct.pack(">I", absurd) + frame[8:]
-
-
-def decode_everything(session: TeltonikaSession, data: bytes) -> None:
-    """Split ``data`` and decode each frame; only FrameError may escape."""
-    buffer = bytearray(data)
-    try:
-        frames = session.split(buffer)
-    except FrameError:
-        frames = []
-    assert len(buffer) <= session.max_frame_bytes
-    for frame in frames:
-        try:
-            session.decode(frame, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
-
-
-class TestHostileInput:
+class TestHostileInput(HostileInputChecks):
     """Random and mutated bytes raise FrameError or decode, nothing else."""
+
+    valid_frames = VALID_FRAMES[1:]
+    session_type = staticmethod(identified)
+    mutations: ClassVar[dict[str, Mutation]] = {"length": _absurd_length}
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"\x00",  # one byte: an IMEI frame that cannot be read
+            b"\x00\x00",
+            bytes.fromhex("000000000000000308000000000000"),
+            WIKI_UDP,
+        ],
+    )
+    def test_known_hostile_inputs(self, data: bytes) -> None:
+        """Through a fresh session as well as an identified one."""
+        self.check(data)
+        exercise(TeltonikaSession(), data)
+        with suppress(FrameError):
+            TeltonikaSession().decode(data, server_time_ms=NOW_MS)
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400))
-    @example(b"\x00")  # one byte: an IMEI frame that cannot be read
-    @example(b"\x00\x00")
-    @example(bytes.fromhex("000000000000000308000000000000"))
-    def test_random_bytes(self, data: bytes) -> None:
-        """Random bytes through split, decode and decode_datagram."""
-        for session in (TeltonikaSession(), identified()):
-            decode_everything(session, data)
-            try:
-                session.decode(data, server_time_ms=NOW_MS)
-            except FrameError:
-                pass
-        try:
-            TeltonikaSession().decode_datagram(data, server_time_ms=NOW_MS)
-        except FrameError:
-            pass
+    def test_random_bytes_before_the_imei(self, data: bytes) -> None:
+        """Random bytes on a connection that has not identified itself."""
+        exercise(TeltonikaSession(), data)
+        with suppress(FrameError):
+            TeltonikaSession().decode(data, server_time_ms=NOW_MS)
 
     @settings(
         max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
-    @given(
-        st.sampled_from([*VALID_FRAMES, WIKI_UDP]),
-        st.lists(
-            st.tuples(
-                MUTATIONS, st.integers(0, 2000), st.binary(min_size=1, max_size=8)
-            ),
-            min_size=1,
-            max_size=3,
-        ),
-        st.booleans(),
-    )
-    def test_mutated_packets(
-        self, frame: bytes, operations: list[tuple[str, int, bytes]], fix_crc: bool
+    @given(mutated(st.sampled_from(VALID_FRAMES[1:])), st.booleans())
+    def test_mutated_packets_under_a_valid_crc(
+        self, frame: bytes, fix_crc: bool
     ) -> None:
-        """Flipped, inserted, deleted, truncated bytes and absurd lengths.
-
-        With ``fix_crc`` the CRC is recomputed, so the damage reaches the record
-        parser instead of stopping at the checksum.
-        """
-        for operation, at, data in operations:
-            frame = mutate(frame, operation, at, data)
+        """With ``fix_crc`` the CRC is recomputed, so the damage reaches the record
+        parser instead of stopping at the checksum."""
         if fix_crc and len(frame) >= 12:
             frame = with_crc(frame)
 
-        decode_everything(identified(), frame)
-        for decoder in (
-            lambda: identified().decode(frame, server_time_ms=NOW_MS),
-            lambda: TeltonikaSession().decode_datagram(frame, server_time_ms=NOW_MS),
-        ):
-            try:
-                decoder()
-            except FrameError:
-                pass
+        self.check(frame)
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.binary(min_size=1, max_size=3000), max_size=12))
     def test_split_keeps_bounded_buffer(self, chunks: list[bytes]) -> None:
         """However bytes arrive, the buffer never holds more than a frame's worth."""
-        session = TeltonikaSession()
-        buffer = bytearray(HANDSHAKE)
-        for chunk in chunks:
-            buffer += chunk
-            try:
-                session.split(buffer)
-            except FrameError:
-                return
-            assert len(buffer) <= session.max_frame_bytes
+        exercise(TeltonikaSession(), HANDSHAKE, *chunks)
 
     @pytest.mark.parametrize("frame", VALID_FRAMES[1:6])
-    def test_decode_is_deterministic(self, frame: bytes) -> None:
+    def test_decode_is_deterministic_whatever_the_caches(self, frame: bytes) -> None:
         """The same frame decodes to equal results, whatever the caches hold."""
         first = identified().decode(frame, server_time_ms=NOW_MS)
         for cache in teltonika._ELEMENT_CACHES.values():
@@ -1136,15 +1052,11 @@ class TestDetection:
     @pytest.mark.parametrize(
         "first",
         [
+            *others_first_bytes("teltonika"),
             b"\x00\x0f35630704244101X",
             b"\x00\x07123456",
             b"\x00\x15" + b"1" * 21,
             b"\x00\x00\x00\x00\x00\x00\x00\x36",
-            b"\x78\x78\x11\x01\x03\x51\x60\x80\x80\x77\x92\x88",
-            b"$$A138,862170013556541,AAA,35,7.092076,79.960473,",
-            b"##,imei:359586015829802,A;",
-            b"*HQ,865205030330012,V1,",
-            b"[3G*1451316409*0002*LK]",
             b"",
         ],
     )
@@ -1154,11 +1066,11 @@ class TestDetection:
 
     def test_protocol_description(self) -> None:
         """Teltonika listens on port 5027, TCP and UDP, binary."""
-        assert PROTOCOL.name == "teltonika" == TeltonikaSession.protocol
-        assert PROTOCOL.default_port == 5027
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, True, False)
+        assert_registered(
+            PROTOCOL, "teltonika", TeltonikaSession, port=5027, tcp=True, udp=True,
+            text=False,
+        )  # fmt: skip
         assert PROTOCOL.looks_like is looks_like_teltonika
-        assert isinstance(PROTOCOL.session(), TeltonikaSession)
 
     def test_crc_matches_reference(self) -> None:
         """The module's CRC-16/IBM agrees with the bitwise one (check 0xBB3D)."""
@@ -1216,24 +1128,13 @@ def fleet_packets(count: int, records_per_packet: int = 12) -> list[bytes]:
 
 def test_decode_benchmark(benchmark: Any) -> None:
     """Records per second decoding 100 realistic 12-record codec 8 packets."""
-    frames = fleet_packets(100)
-    session = identified()
+    decode_all = decoding(identified(), fleet_packets(100))
 
-    def decode_all() -> int:
+    def cold_caches() -> int:
         for cache in teltonika._ELEMENT_CACHES.values():
             cache.clear()
-        return sum(
-            len(session.decode(frame, server_time_ms=NOW_MS).fixes) for frame in frames
-        )
+        return decode_all()
 
-    started = time.perf_counter()
-    records = benchmark(decode_all)
-    elapsed = time.perf_counter() - started
-
-    assert records == 1200
-    stats = getattr(benchmark, "stats", None)
-    mean = stats.stats.mean if stats is not None else elapsed
-    print(
-        f"teltonika: {records / mean:,.0f} records/s "
-        f"({mean / records * 1e6:.2f} us each)"
+    report_throughput(
+        benchmark, cold_caches, records=1200, label="teltonika", rounds=10
     )

@@ -1,6 +1,6 @@
 """TK103 ``(...)`` protocol: real packets, framing, replies, hostile input.
 
-Packets not from ``/work/shared/protocols/samples.json`` come from Traccar's decoder
+Packets not from ``tests/data/protocol_samples.json`` come from Traccar's decoder
 tests: repository traccar/traccar, ``src/test/java/org/traccar/protocol/
 Tk103ProtocolDecoderTest.java`` (the values asserted here are worked out from the
 TK103 layout, not copied from Traccar).
@@ -9,26 +9,29 @@ TK103 layout, not copied from Traccar).
 from __future__ import annotations
 
 import json
-import random
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import FrameError
+from pipeline.ingest.protocols.base import Decoded, FrameError
 from pipeline.ingest.protocols.tk103 import PROTOCOL, Tk103Session, looks_like_tk103
-from pipeline.model import Fix, parse_time_ms
+from pipeline.model import parse_time_ms
+from tests.protocol_checks import (
+    NOW_MS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_refused_after_frames,
+    assert_registered,
+    assert_sample,
+    attribute_values,
+    decode_one,
+    decoding,
+    others_first_bytes,
+    report_throughput,
+    shared_samples,
+)
 
-SHARED = Path(__file__).parents[1].parent / "shared"
-SAMPLES = [
-    sample
-    for sample in json.loads((SHARED / "protocols" / "samples.json").read_text())
-    if sample["protocol"] == "tk103"
-]
-NOW_MS = 1_760_000_000_000
+SAMPLES = list(shared_samples("tk103").values())
 
 HANDSHAKE = b"(027044702512BP00027044702512HSO01A4)"
 SOS = (
@@ -54,15 +57,8 @@ VALID_FRAMES = [
 ]
 
 
-def _values(fix: Fix) -> dict[str, Any]:
-    return {key: json.loads(value) for key, value in fix.attributes.items()}
-
-
-def _decode_one(frame: bytes) -> Any:
-    session = Tk103Session()
-    buffer = bytearray(frame)
-    assert session.split(buffer) == [frame] and not buffer
-    return session.decode(frame, server_time_ms=NOW_MS)
+def _decode_one(frame: bytes) -> Decoded:
+    return decode_one(Tk103Session(), frame)
 
 
 def _degrees(degrees: int, minutes: float) -> float:
@@ -73,26 +69,10 @@ class TestSharedSamples:
     @pytest.mark.parametrize("sample", SAMPLES, ids=[s["id"] for s in SAMPLES])
     def test_sample_every_value(self, sample: dict[str, Any]) -> None:
         """Each shared sample decodes to exactly its expected values and reply."""
-        expected = sample["expected"]
-
         decoded = _decode_one(sample["payload_text"].encode())
 
-        assert decoded.device == expected["imei"]
-        if expected.get("ack_expected") is False:
-            assert decoded.reply is None
-        else:
-            assert decoded.reply == expected["ack_text"].encode()
+        assert_sample(decoded, sample)
         assert decoded.events == []
-        [fix] = decoded.fixes
-        assert fix.device == expected["imei"] and fix.protocol == "tk103"
-        assert fix.server_time_ms == NOW_MS
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert round(fix.latitude, 6) == expected["latitude"]
-        assert round(fix.longitude, 6) == expected["longitude"]
-        assert fix.valid is expected["valid"]
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-4)
-        assert fix.course == pytest.approx(expected["course"], abs=1e-4)
-        assert not fix.HasField("altitude") and not fix.HasField("satellites")
 
     @pytest.mark.parametrize(
         ("sample_id", "attributes"),
@@ -128,7 +108,7 @@ class TestSharedSamples:
 
         [fix] = _decode_one(sample["payload_text"].encode()).fixes
 
-        assert _values(fix) == attributes
+        assert attribute_values(fix) == attributes
 
 
 class TestFixedLayout:
@@ -158,7 +138,7 @@ class TestFixedLayout:
         assert fix.longitude == pytest.approx(-_degrees(12, 34.5678), abs=1e-9)
         assert fix.speed_kmh == 0.0
         assert fix.course == pytest.approx(118.72, abs=1e-4)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "BO01",
             "alarm": "sos",
             "ignition": False,
@@ -184,7 +164,7 @@ class TestFixedLayout:
         assert fix.longitude == pytest.approx(_degrees(113, 49.4571), abs=1e-9)
         assert fix.speed_kmh == pytest.approx(0.703, abs=1e-6)
         assert fix.course == 0.0
-        assert _values(fix) == {"event": "BQ81", "alarm": "overspeed"}
+        assert attribute_values(fix) == {"event": "BQ81", "alarm": "overspeed"}
         assert len(decoded.events) == 1
 
     def test_space_padded_fields(self) -> None:
@@ -196,7 +176,7 @@ class TestFixedLayout:
         assert fix.longitude == pytest.approx(-_degrees(84, 15.4076), abs=1e-9)
         assert fix.speed_kmh == 46.0
         assert fix.course == pytest.approx(87.31, abs=1e-4)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "BR00",
             "ignition": True,
             "status": 0,
@@ -215,7 +195,7 @@ class TestFixedLayout:
         [fix] = decoded.fixes
         assert fix.fix_time_ms == parse_time_ms("2016-07-27T14:03:09Z")
         assert fix.course == pytest.approx(65.1, abs=1e-4)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "BP05",
             "ignition": False,
             "status": 0,
@@ -247,7 +227,7 @@ class TestFixedLayout:
         assert fix.fix_time_ms == parse_time_ms("2017-03-04T09:44:55Z")
         assert fix.speed_kmh == pytest.approx(1.6, abs=1e-6)
         assert fix.course == pytest.approx(91.048, abs=1e-4)
-        assert _values(fix) == {"event": "BP02"}
+        assert attribute_values(fix) == {"event": "BP02"}
 
     @pytest.mark.parametrize(
         "frame",
@@ -280,7 +260,7 @@ class TestCommaLayout:
         assert fix.fix_time_ms == parse_time_ms("2001-12-10T04:01:37Z")
         assert fix.latitude == pytest.approx(_degrees(22, 34.0297), abs=1e-9)
         assert fix.longitude == pytest.approx(_degrees(114, 5.9101), abs=1e-9)
-        assert _values(fix) == {
+        assert attribute_values(fix) == {
             "event": "BP05",
             "ignition": False,
             "status": 0,
@@ -296,7 +276,7 @@ class TestCommaLayout:
         assert fix.fix_time_ms == parse_time_ms("2017-05-25T11:55:25Z")
         assert fix.speed_kmh == pytest.approx(0.68, abs=1e-6)
         assert fix.course == pytest.approx(208.19, abs=1e-4)
-        assert _values(fix) == {"event": "ZC17", "alarm": "removing"}
+        assert attribute_values(fix) == {"event": "ZC17", "alarm": "removing"}
         assert [json.loads(e.attributes["alarm"]) for e in decoded.events] == [
             "removing"
         ]
@@ -372,65 +352,30 @@ class TestRefusals:
         with pytest.raises(FrameError, match=reason):
             Tk103Session().decode(frame, server_time_ms=NOW_MS)
 
-    def test_split_refuses_garbage_front(self) -> None:
-        """Bytes before a ``(`` that are not blank close the stream."""
-        with pytest.raises(FrameError, match="must start with"):
-            Tk103Session().split(bytearray(b"+RESP:GTFRI,"))
-
-    def test_split_refuses_overlong(self) -> None:
-        """A frame longer than 1024 bytes without ``)`` is refused."""
-        with pytest.raises(FrameError, match="exceeds 1024 bytes"):
-            Tk103Session().split(bytearray(b"(" + b"1" * 1100))
-
-    def test_split_refuses_non_ascii(self) -> None:
-        """A non-ASCII byte in a pending frame closes the stream."""
-        with pytest.raises(FrameError, match="non-ASCII"):
-            Tk103Session().split(bytearray(b"(0880451\x80"))
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"+RESP:GTFRI,", "must start with"),  # anything but blanks before '('
+            (b"(" + b"1" * 1100, "exceeds 1024 bytes"),  # with no ')'
+            (b"(0880451\x80", "non-ASCII"),  # in a pending frame
+        ],
+    )
+    def test_split_refuses(self, data: bytes, reason: str) -> None:
+        """Bytes that can never be a frame close the stream."""
+        with pytest.raises(FrameError, match=reason):
+            Tk103Session().split(bytearray(data))
 
     def test_split_keeps_good_frames_before_garbage(self) -> None:
         """Frames before the garbage come out first; the garbage fails next time."""
-        session = Tk103Session()
-        buffer = bytearray(HANDSHAKE + b"garbage")
-
-        assert session.split(buffer) == [HANDSHAKE]
-        with pytest.raises(FrameError, match="must start with"):
-            session.split(buffer)
+        assert_refused_after_frames(
+            Tk103Session(), [HANDSHAKE], b"garbage", "must start with"
+        )
 
 
-class TestFraming:
-    STREAM = b"\r\n".join(VALID_FRAMES)
-
-    def _frames(self, chunks: list[bytes]) -> list[bytes]:
-        session = Tk103Session()
-        buffer = bytearray()
-        frames: list[bytes] = []
-        for chunk in chunks:
-            buffer += chunk
-            frames += session.split(buffer)
-        assert not buffer
-        return frames
-
-    def test_merged_in_one_read(self) -> None:
-        """Every frame of a stream read at once comes out, parentheses included."""
-        assert self._frames([self.STREAM]) == VALID_FRAMES
-
-    def test_one_byte_at_a_time(self) -> None:
-        """The same stream fed byte by byte gives the same frames."""
-        chunks = [self.STREAM[i : i + 1] for i in range(len(self.STREAM))]
-
-        assert self._frames(chunks) == VALID_FRAMES
-
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks(self, seed: int) -> None:
-        """Random chunk sizes give the same frames."""
-        rng = random.Random(seed)
-        chunks, start = [], 0
-        while start < len(self.STREAM):
-            size = rng.randint(1, 70)
-            chunks.append(self.STREAM[start : start + size])
-            start += size
-
-        assert self._frames(chunks) == VALID_FRAMES
+class TestFraming(FramingChecks):
+    frames = VALID_FRAMES
+    separator = b"\r\n"
+    session_type = Tk103Session
 
     def test_parenthesis_inside_free_text(self) -> None:
         """A ``)`` between ``$`` signs does not end the frame; the next one does."""
@@ -442,73 +387,14 @@ class TestFraming:
         assert session.split(buffer) == [COMMAND_RESULT]
 
 
-class TestHostileInput:
-    @given(st.binary(max_size=2000))
-    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-    @example(b"(" + b"$" * 1500)
-    @example(b"(1)" * 10)
-    def test_random_bytes(self, data: bytes) -> None:
-        """Random bytes only ever raise FrameError, and the buffer stays bounded."""
-        session = Tk103Session()
-        buffer = bytearray(data)
-        try:
-            frames = session.split(buffer)
-            for frame in frames:
-                try:
-                    session.decode(frame, server_time_ms=NOW_MS)
-                except FrameError:
-                    pass
-        except FrameError:
-            return
-        assert len(buffer) <= session.max_frame_bytes
+class TestHostileInput(HostileInputChecks):
+    valid_frames = VALID_FRAMES
+    session_type = Tk103Session
 
-    @given(
-        st.sampled_from(VALID_FRAMES),
-        st.lists(
-            st.tuples(
-                st.sampled_from(["flip", "insert", "delete", "truncate"]),
-                st.integers(min_value=0, max_value=2000),
-                st.integers(min_value=0, max_value=255),
-            ),
-            min_size=1,
-            max_size=4,
-        ),
-    )
-    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-    def test_mutated_packets(
-        self, frame: bytes, mutations: list[tuple[str, int, int]]
-    ) -> None:
-        """Flipped, inserted, deleted or truncated bytes only raise FrameError."""
-        data = bytearray(frame)
-        for kind, position, value in mutations:
-            index = position % (len(data) + 1)
-            if kind == "flip" and index < len(data):
-                data[index] ^= value or 1
-            elif kind == "insert":
-                data.insert(index, value)
-            elif kind == "delete" and index < len(data):
-                del data[index]
-            elif kind == "truncate":
-                del data[index:]
-
-        session = Tk103Session()
-        buffer = bytearray(data)
-        try:
-            for piece in [bytes(data), *session.split(buffer)]:
-                try:
-                    session.decode(piece, server_time_ms=NOW_MS)
-                except FrameError:
-                    pass
-        except FrameError:
-            pass
-
-    @pytest.mark.parametrize("frame", VALID_FRAMES)
-    def test_decode_deterministic(self, frame: bytes) -> None:
-        """Decoding a valid frame twice gives identical results."""
-        first = Tk103Session().decode(frame, server_time_ms=NOW_MS)
-        second = Tk103Session().decode(frame, server_time_ms=NOW_MS)
-
-        assert first == second
+    @pytest.mark.parametrize("data", [b"(" + b"$" * 1500, b"(1)" * 10])
+    def test_known_hostile_inputs(self, data: bytes) -> None:
+        """Endless free text and tiny frames only raise FrameError."""
+        self.check(data)
 
 
 class TestDetection:
@@ -526,51 +412,22 @@ class TestDetection:
         """Fixed and comma layouts' openings are TK103."""
         assert looks_like_tk103(first)
 
-    @pytest.mark.parametrize(
-        "first",
-        [
-            b"*HQ,4210051415,V1,164549,A,2240.8192,N,11359.1776,E,0.00,0.00,",
-            b"$$A138,862170013556541,AAA,35,7.092076,79.960473,",
-            b"[3G*1451316409*0002*LK]",
-            b"ST300STT;100850000;04;274;20080723;09:57:33;",
-            b"imei:359710049090138,tracker,160629022948,,F,",
-            b"##,imei:359586015829802,A;",
-            b"+RESP:GTFRI,5E0100,861971050039361,,,,10,1,1,",
-            b"(hello)",
-            b"(",
-        ],
-    )
+    @pytest.mark.parametrize("first", [*others_first_bytes("tk103"), b"(hello)", b"("])
     def test_leaves_other_protocols(self, first: bytes) -> None:
         """Other protocols' first bytes (and too little to tell) are not claimed."""
         assert not looks_like_tk103(first)
 
     def test_protocol_description(self) -> None:
         """TK103 listens on port 5002 over TCP only, and is a text protocol."""
-        assert PROTOCOL.name == "tk103" == Tk103Session.protocol
-        assert PROTOCOL.default_port == 5002
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, False, True)
+        assert_registered(
+            PROTOCOL, "tk103", Tk103Session, port=5002, tcp=True, udp=False, text=True
+        )
         assert PROTOCOL.looks_like is looks_like_tk103
-        assert isinstance(PROTOCOL.session(), Tk103Session)
 
 
 def test_decode_benchmark(benchmark: Any) -> None:
     """Throughput of decoding a BR00 report (one fix with five attributes)."""
-    session = Tk103Session()
     [sample] = [s for s in SAMPLES if s["id"] == "tk103-br00-west"]
-    frames = [sample["payload_text"].encode()] * 1000
+    run = decoding(Tk103Session(), [sample["payload_text"].encode()] * 1000)
 
-    def decode_all() -> int:
-        return sum(
-            len(session.decode(frame, server_time_ms=NOW_MS).fixes) for frame in frames
-        )
-
-    started = time.perf_counter()
-    records = benchmark(decode_all)
-    elapsed = time.perf_counter() - started
-
-    assert records == 1000
-    stats = getattr(benchmark, "stats", None)
-    mean = stats.stats.mean if stats is not None else elapsed
-    print(
-        f"tk103: {records / mean:,.0f} records/s ({mean / records * 1e6:.1f} us each)"
-    )
+    report_throughput(benchmark, run, records=1000, label="tk103")

@@ -1,6 +1,6 @@
 """3G watch protocol: real frames decoded value by value, framing, hostile input, speed.
 
-Frames come from /work/shared/protocols/samples.json (Traccar's decoder tests) and
+Frames come from tests/data/protocol_samples.json (Traccar's decoder tests) and
 from tests/data/protocol_watch_packets.json (more of Traccar's decoder and frame
 decoder test frames), each with its source.
 """
@@ -8,45 +8,45 @@ decoder test frames), each with its source.
 from __future__ import annotations
 
 import json
-import random
 import time
-from pathlib import Path
-from typing import Any
+from contextlib import suppress
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ingest.protocols.base import ALARMS, FrameError
+from pipeline.ingest.protocols.base import ALARMS, Decoded, FrameError
 from pipeline.ingest.protocols.watch import (
     PROTOCOL,
     STATUS_ALARMS,
     WatchSession,
     looks_like,
 )
-from pipeline.model import Fix, fix_to_json, parse_time_ms
-
-SHARED = Path(__file__).parents[1].parent / "shared" / "protocols"
-SAMPLES = {
-    sample["id"]: sample
-    for sample in json.loads((SHARED / "samples.json").read_text())
-    if sample["protocol"] == "watch"
-}
-PACKETS_FILE = Path(__file__).parent / "data" / "protocol_watch_packets.json"
-PACKETS = {p["id"]: p for p in json.loads(PACKETS_FILE.read_text())["packets"]}
-NOW_MS = 1_760_000_000_000
-
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+from tests import protocol_checks
+from tests.protocol_checks import (
+    NOW_MS,
+    SETTINGS,
+    FramingChecks,
+    HostileInputChecks,
+    assert_deterministic,
+    assert_packet,
+    assert_registered,
+    assert_sample,
+    data_packets,
+    exercise,
+    mutate,
+    one_byte_chunks,
+    others_first_bytes,
+    payload,
+    random_chunks,
+    report_throughput,
+    shared_samples,
+    split_chunks,
 )
 
-
-def payload(entry: dict[str, Any]) -> bytes:
-    if "payload_hex" in entry:
-        return bytes.fromhex(entry["payload_hex"])
-    return entry["payload_text"].encode()
+SAMPLES = shared_samples("watch")
+PACKETS = data_packets("watch")
 
 
 def frame(content: bytes, head: bytes = b"[3G*1234567890*") -> bytes:
@@ -60,79 +60,26 @@ def position(status: str = "00000000", kind: bytes = b"UD") -> bytes:
     return kind + b"," + fields + status.encode() + b",4,1,460,0"
 
 
-def split_all(session: WatchSession, data: bytes, sizes: list[int]) -> list[bytes]:
-    buffer = bytearray()
-    frames = []
-    position_ = 0
-    for size in sizes:
-        buffer += data[position_ : position_ + size]
-        position_ += size
-        frames += session.split(buffer)
-    buffer += data[position_:]
-    frames += session.split(buffer)
-    assert not buffer
-    return frames
-
-
-def decode_one(data: bytes) -> Any:
-    session = WatchSession()
-    buffer = bytearray(data)
-    frames = session.split(buffer)
-    assert len(frames) == 1
-    assert not buffer
-    return session.decode(frames[0], server_time_ms=NOW_MS)
-
-
-def fix_view(fix: Fix) -> dict[str, Any]:
-    view = fix_to_json(fix)
-    del view["serverTime"], view["uniqueId"]
-    return view
+def decode_one(data: bytes) -> Decoded:
+    return protocol_checks.decode_one(WatchSession(), data)
 
 
 class TestSharedSamples:
     @pytest.mark.parametrize("sample_id", sorted(SAMPLES))
     def test_sample_decodes_to_expected(self, sample_id: str) -> None:
-        sample = SAMPLES[sample_id]
-        expected = sample["expected"]
+        decoded = decode_one(payload(SAMPLES[sample_id]))
 
-        decoded = decode_one(payload(sample))
-
-        [fix] = decoded.fixes
-        assert decoded.device == fix.device == expected["imei"]
-        assert fix.fix_time_ms == parse_time_ms(expected["time"])
-        assert fix.latitude == pytest.approx(expected["latitude"], abs=1e-6)
-        assert fix.longitude == pytest.approx(expected["longitude"], abs=1e-6)
-        assert fix.speed_kmh == pytest.approx(expected["speed_kmh"], abs=1e-3)
-        assert fix.course == pytest.approx(expected["course"], abs=1e-3)
-        assert fix.altitude == pytest.approx(expected["altitude"], abs=1e-3)
-        assert fix.satellites == expected["satellites"]
-        assert fix.valid is expected["valid"]
-        assert json.loads(fix.attributes["batteryLevel"]) == expected["battery_level"]
-        assert (fix.protocol, fix.server_time_ms) == ("watch", NOW_MS)
-        if "alarm" in expected:
-            assert json.loads(fix.attributes["alarm"]) == expected["alarm"]
-            alarms = [json.loads(e.attributes["alarm"]) for e in decoded.events]
-            assert alarms == [expected["alarm"]]
-        if "ack_text" in expected:
-            assert decoded.reply == expected["ack_text"].encode()
-        if expected.get("ack_expected") is False:
-            assert decoded.reply is None
+        assert_sample(decoded, SAMPLES[sample_id])
 
 
 class TestCapturedPackets:
     @pytest.mark.parametrize("packet_id", sorted(PACKETS))
     def test_packet_decodes_to_every_expected_value(self, packet_id: str) -> None:
         packet = PACKETS[packet_id]
-        expected = packet["expected"]
 
         decoded = decode_one(payload(packet))
 
-        assert decoded.device == expected["device"]
-        assert [fix_view(fix) for fix in decoded.fixes] == expected["fixes"]
-        alarms = [json.loads(event.attributes["alarm"]) for event in decoded.events]
-        assert alarms == expected["alarms"]
-        reply = expected["reply_text"]
-        assert decoded.reply == (reply.encode() if reply is not None else None)
+        assert_packet(decoded, packet["expected"])
 
     def test_status_alarms_are_in_the_shared_vocabulary(self) -> None:
         assert {alarm for _, alarm in STATUS_ALARMS} <= ALARMS
@@ -194,34 +141,17 @@ class TestStatusAndReplies:
         assert decode_one(frame(content)).reply is None
 
 
-class TestFraming:
-    def test_one_byte_at_a_time_gives_the_same_frames(self) -> None:
-        frames = [payload(p) for p in PACKETS.values()]
-        data = b"".join(frames)
-
-        assert split_all(WatchSession(), data, [1] * len(data)) == frames
-
-    @pytest.mark.parametrize("seed", range(5))
-    def test_random_chunks_give_the_same_frames(self, seed: int) -> None:
-        frames = [payload(p) for p in [*PACKETS.values(), *SAMPLES.values()]]
-        data = b"".join(frames)
-        chance = random.Random(seed)
-        sizes = [chance.randint(1, 150) for _ in range(len(data) // 40)]
-
-        assert split_all(WatchSession(), data, sizes) == frames
-
-    def test_merged_frames_split_in_one_read(self) -> None:
-        frames = [payload(p) for p in PACKETS.values()] * 2
-        buffer = bytearray(b"".join(frames))
-
-        assert WatchSession().split(buffer) == frames
-        assert not buffer
+class TestFraming(FramingChecks):
+    frames: ClassVar[list[bytes]] = [
+        payload(p) for p in [*PACKETS.values(), *SAMPLES.values()]
+    ]
+    session_type = WatchSession
 
     def test_brackets_in_a_wifi_name_do_not_end_the_frame(self) -> None:
         content = position() + b",1,[Cafe]]Guest,aa:bb:cc:dd:ee:ff,-60,1.5"
         data = frame(content)
 
-        frames = split_all(WatchSession(), data + data, [10] * 30)
+        frames = split_chunks(WatchSession(), random_chunks(data + data, 10))
 
         assert frames == [data, data]
 
@@ -229,7 +159,7 @@ class TestFraming:
         # Traccar's frame decoder test: } [ ] , * travel as }01 }02 }03 }04 }05.
         data = payload(PACKETS["traccar-tk-escaped"])
 
-        frames = split_all(WatchSession(), data * 3, [3] * 20)
+        frames = split_chunks(WatchSession(), one_byte_chunks(data * 3))
 
         assert frames == [data] * 3
 
@@ -237,7 +167,7 @@ class TestFraming:
         # Captures from SG-firmware watches: the length field is 3 bytes short.
         data = payload(PACKETS["traccar-ud-sg-no-hemisphere"])
 
-        frames = split_all(WatchSession(), data + data, [7] * 40)
+        frames = split_chunks(WatchSession(), random_chunks(data + data, 7))
 
         assert frames == [data, data]
 
@@ -351,57 +281,30 @@ class TestBadInput:
 def mutated_frames(draw: st.DrawFn) -> bytes:
     """A valid frame with bytes flipped, inserted or removed, length field reset."""
     data = draw(st.sampled_from([payload(p) for p in PACKETS.values()]))
-    content = bytearray(data[data.index(b"*", data.index(b"*", 4) + 1) + 1 : -1])
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(content)))
-        operation = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if operation == "flip" and at < len(content):
-            content[at] ^= 1 << draw(st.integers(0, 7))
-        elif operation == "insert":
-            content[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif operation == "delete":
-            del content[at : at + draw(st.integers(1, 8))]
-        else:
-            del content[at:]
+    content = mutate(draw, data[data.index(b"*", data.index(b"*", 4) + 1) + 1 : -1])
     if draw(st.booleans()):
-        return frame(bytes(content))
-    return data[: data.index(b"*", 4) + 1] + b"0010*" + bytes(content) + b"]"
+        return frame(content)
+    return data[: data.index(b"*", 4) + 1] + b"0010*" + content + b"]"
 
 
-class TestProperties:
-    @SETTINGS
-    @given(data=st.binary(max_size=600), cut=st.integers(0, 600))
-    @example(data=b"[3G*1*0000*]", cut=0)
-    def test_random_bytes_raise_only_frame_error(self, data: bytes, cut: int) -> None:
-        session = WatchSession()
-        buffer = bytearray()
-        try:
-            for chunk in (data[:cut], data[cut:]):
-                buffer += chunk
-                for each in session.split(buffer):
-                    session.decode(each, server_time_ms=NOW_MS)
-                assert len(buffer) <= session.max_frame_bytes
-        except FrameError:
-            pass
+class TestProperties(HostileInputChecks):
+    valid_frames: ClassVar[list[bytes]] = [payload(p) for p in PACKETS.values()]
+    session_type = WatchSession
+
+    def test_known_hostile_inputs(self) -> None:
+        """A frame with empty content only raises FrameError."""
+        self.check(b"[3G*1*0000*]")
 
     @SETTINGS
     @given(data=mutated_frames(), cut=st.integers(1, 64))
-    def test_mutated_frames_raise_only_frame_error(self, data: bytes, cut: int) -> None:
-        session = WatchSession()
-        buffer = bytearray(data[:cut])
-        try:
-            frames = session.split(buffer)
-            buffer += data[cut:] + payload(SAMPLES["watch-al"])
-            frames += session.split(buffer)
-        except FrameError:
-            return
-        assert len(buffer) <= session.max_frame_bytes
-        for each in frames:
-            try:
-                first = session.decode(each, server_time_ms=NOW_MS)
-            except FrameError:
-                continue
-            assert session.decode(each, server_time_ms=NOW_MS) == first
+    def test_mutated_content_of_any_length_raises_only_frame_error(
+        self, data: bytes, cut: int
+    ) -> None:
+        """Mutated content under a right or a wrong length field, then a valid
+        frame, only raises FrameError."""
+        exercise(WatchSession(), data[:cut], data[cut:] + payload(SAMPLES["watch-al"]))
+        with suppress(FrameError):
+            assert_deterministic(WatchSession, data)
 
     @SETTINGS
     @given(
@@ -430,29 +333,15 @@ class TestLooksLike:
 
     @pytest.mark.parametrize(
         "data",
-        [
-            b"*HQ,865205030330012,V1,145452,A,2240.55181,N,11358.32389,E,0.00,0.00,",
-            b"##,imei:359586015829802,A;",
-            b"imei:359586015829802,tracker,1008281456,,F,",
-            b"(027028641389BP05000027028641389110905A3114.5366N12126.5862E",
-            b"+RESP:GTFRI,060228,862894020180553,,0,0,1,1,4.3,92,70.0,121.354335,",
-            b"$$T143,869013024733944,AAA,1,18.459575,-69.947161,170220142912,A,5,",
-            b"ST300STT;109002029;08;1080;20190220;13:00:55;85405;+04.645710;",
-            bytes.fromhex("000000000000003608010000016b40d8ea30010000000000000000"),
-            bytes.fromhex("78780d010123456789012345000139b40d0a"),
-            b"[3G",
-            b"[3G*1*00Z",
-            b"[",
-            b"",
-        ],
+        [*others_first_bytes("watch"), b"[3G", b"[3G*1*00Z", b"[", b""],
     )
     def test_other_protocols_are_not_claimed(self, data: bytes) -> None:
         assert not looks_like(data)
 
     def test_protocol_is_registered_with_its_port(self) -> None:
-        assert (PROTOCOL.name, PROTOCOL.default_port) == ("watch", 5093)
-        assert (PROTOCOL.tcp, PROTOCOL.udp, PROTOCOL.text) == (True, False, True)
-        assert isinstance(PROTOCOL.session(), WatchSession)
+        assert_registered(
+            PROTOCOL, "watch", WatchSession, port=5093, tcp=True, udp=False, text=True
+        )
 
 
 def test_benchmark_decode(benchmark: Any) -> None:
@@ -461,19 +350,9 @@ def test_benchmark_decode(benchmark: Any) -> None:
     stream = data * 2_000
 
     def split_and_decode() -> int:
-        session = WatchSession()
-        buffer = bytearray(stream)
-        decode = session.decode
-        frames = session.split(buffer)
-        return sum(len(decode(f, server_time_ms=NOW_MS).fixes) for f in frames)
+        decoded = exercise(WatchSession(), stream)
+        return sum(len(each.fixes) for each in decoded)
 
-    started = time.perf_counter()
-    records = benchmark.pedantic(split_and_decode, rounds=3, iterations=1)
-    elapsed = time.perf_counter() - started
-
-    assert records == 4_000
-    if not benchmark.disabled:
-        mean_s = benchmark.stats.stats.mean
-        print(f"\nwatch split+decode: {records / mean_s:,.0f} records/s (mean of 3)")
-    else:
-        print(f"\nwatch (one untimed round): {records / elapsed:,.0f} rec/s")
+    report_throughput(
+        benchmark, split_and_decode, records=4_000, label="watch split+decode"
+    )

@@ -60,6 +60,7 @@ __all__ = [
     "alarm_event",
     "encode_attribute",
     "new_fix",
+    "positionless_alarm_event",
 ]
 
 #: Alarm names every protocol maps its own codes onto.
@@ -268,16 +269,33 @@ def encode_attribute(value: Any) -> str:
 
 def alarm_event(fix: Fix, alarm: str) -> Event:
     """The ``alarm`` event of a fix that reports ``alarm`` (one of :data:`ALARMS`)."""
+    event = positionless_alarm_event(
+        fix.device, alarm, fix.fix_time_ms, protocol=fix.protocol
+    )
+    event.latitude = fix.latitude
+    event.longitude = fix.longitude
+    return event
+
+
+def positionless_alarm_event(
+    device: str,
+    alarm: str,
+    event_time_ms: int,
+    *,
+    protocol: str,
+    cell_location: bool = False,
+) -> Event:
+    """The ``alarm`` event of a report that raised ``alarm`` but has no position.
+
+    ``event_time_ms`` is the report's time, or the receive time when it has none;
+    ``cell_location`` marks reports that located the device by its cell instead.
+    """
     if alarm not in ALARMS:
         message = f"alarm must be one of {sorted(ALARMS)}, got {alarm!r}"
         raise ValueError(message)
-    event = Event(
-        device=fix.device,
-        event_time_ms=fix.fix_time_ms,
-        type="alarm",
-        latitude=fix.latitude,
-        longitude=fix.longitude,
-    )
+    event = Event(device=device, event_time_ms=event_time_ms, type="alarm")
     event.attributes["alarm"] = json.dumps(alarm)
-    event.attributes["protocol"] = json.dumps(fix.protocol)
+    event.attributes["protocol"] = json.dumps(protocol)
+    if cell_location:
+        event.attributes["cellLocation"] = "true"
     return event

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.ingest.protocols.base import (
@@ -52,7 +51,10 @@ from pipeline.ingest.protocols.base import (
     TrackerSession,
     alarm_event,
     new_fix,
+    positionless_alarm_event,
 )
+from pipeline.ingest.protocols.fields import number_within, utc_ms
+from pipeline.ingest.protocols.frames import TextFraming, terminated_by
 from pipeline.model import Event, Fix
 
 __all__ = ["MULTI_POSITION_TYPES", "PROTOCOL", "Gl200Session", "looks_like_gl200"]
@@ -83,8 +85,13 @@ _TYPE_ALARMS = {
 }
 _TYPE_IGNITION = {"IGN": True, "VGN": True, "IGF": False, "VGF": False}
 
-_SEPARATORS = frozenset(b" \t\r\n")
-_TERMINATOR = re.compile(rb"[$\n]")
+_FRAMING = TextFraming(
+    noun="gl200 message",
+    starts=b"+",
+    expected="'+'",
+    end=terminated_by(re.compile(rb"[$\n]")),
+    limit=_MAX_FRAME_BYTES,
+)
 _HEADER = re.compile(r"\+(RESP|BUFF|ACK):GT([0-9A-Z]{3})")
 _VERSION = re.compile(r"[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{4})?")
 _IMEI = re.compile(r"\d{15}|[0-9A-Fa-f]{14}")
@@ -126,39 +133,11 @@ class Gl200Session(TrackerSession):
         byte raises :class:`FrameError` once the good frames before it have
         been returned.
         """
-        frames: list[bytes] = []
-        start = 0
-        size = len(buffer)
-        while True:
-            while start < size and buffer[start] in _SEPARATORS:
-                start += 1
-            if start == size:
-                break
-
-            end = _TERMINATOR.search(buffer, start)
-            stop = size if end is None else end.end()
-            problem = _frame_problem(buffer, start, stop)
-            if problem is not None and not frames:
-                raise FrameError(problem)
-            if problem is not None or end is None:
-                break
-
-            frames.append(bytes(buffer[start:stop]))
-            start = stop
-
-        del buffer[:start]
-        if len(buffer) > self.max_frame_bytes:
-            message = f"gl200 message exceeds {self.max_frame_bytes} bytes without '$'"
-            raise FrameError(message)
-        return frames
+        return _FRAMING.split(buffer)
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode one message; the module docstring describes the layout."""
-        if len(frame) > self.max_frame_bytes or not frame.isascii():
-            message = f"gl200 message is over-long or not ASCII: {frame[:32]!r}"
-            raise FrameError(message)
-
-        fields = frame.decode("ascii").rstrip("$\r\n ").split(",")
+        fields = _FRAMING.text(frame).rstrip("$\r\n ").split(",")
         header = _HEADER.fullmatch(fields[0])
         if header is None:
             message = (
@@ -198,19 +177,6 @@ class Gl200Session(TrackerSession):
         return Decoded(device=device, reply=reply)
 
 
-def _frame_problem(buffer: bytearray, start: int, stop: int) -> str | None:
-    if buffer[start] != ord("+"):
-        front = bytes(buffer[start : start + 16])
-        return f"gl200 message must start with '+', got {front!r}"
-    if not buffer[start:stop].isascii():
-        return (
-            f"gl200 message holds a non-ASCII byte: {bytes(buffer[start:stop])[:32]!r}"
-        )
-    if stop - start > _MAX_FRAME_BYTES:
-        return f"gl200 message exceeds {_MAX_FRAME_BYTES} bytes"
-    return None
-
-
 def _identity(fields: list[str]) -> tuple[str, str, str]:
     """Protocol version, IMEI and count number, each checked for its form."""
     version, device, count = fields[1], fields[2], fields[-1]
@@ -248,7 +214,9 @@ def _decode_report(
         events = [alarm_event(fix, alarm) for fix in fixes]
     else:
         event_time_ms = _send_time_ms(fields, server_time_ms)
-        events = [_positionless_alarm(device, alarm, event_time_ms)]
+        events = [
+            positionless_alarm_event(device, alarm, event_time_ms, protocol=_NAME)
+        ]
     return Decoded(fixes=fixes, events=events, device=device)
 
 
@@ -332,10 +300,12 @@ def _block_fix(
     if abs(lat) > 90.0 or abs(lon) > 180.0:
         message = f"gl200 coordinates out of range: {latitude}, {longitude}"
         raise FrameError(message)
-    accuracy = _number(fields[start], "GPS accuracy", 0.0, 100.0)
-    speed = _number(fields[start + 1], "speed", 0.0, _MAX_KMH)
-    course = _number(fields[start + 2], "azimuth", 0.0, 360.0)
-    altitude = _number(fields[start + 3], "altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE)
+    accuracy = number_within(fields[start], "gl200 GPS accuracy", 0.0, 100.0, _DECIMAL)
+    speed = number_within(fields[start + 1], "gl200 speed", 0.0, _MAX_KMH, _DECIMAL)
+    course = number_within(fields[start + 2], "gl200 azimuth", 0.0, 360.0, _DECIMAL)
+    altitude = number_within(
+        fields[start + 3], "gl200 altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE, _DECIMAL
+    )
 
     fix = new_fix(
         device,
@@ -354,32 +324,12 @@ def _block_fix(
     return fix
 
 
-def _number(text: str, name: str, low: float, high: float) -> float | None:
-    """The number in ``text``, ``None`` when empty; refused outside [low, high]."""
-    if not text:
-        return None
-    if _DECIMAL.fullmatch(text) is None:
-        message = f"gl200 {name} must be a number, got {text[:20]!r}"
-        raise FrameError(message)
-    value = float(text)
-    if not low <= value <= high:
-        message = f"gl200 {name} must be {low:g} to {high:g}, got {text[:20]!r}"
-        raise FrameError(message)
-    return value
-
-
 def _timestamp_ms(text: str) -> int:
     """``yyyymmddhhmmss`` (UTC) to epoch milliseconds."""
-    try:
-        moment = datetime(
-            int(text[:4]), int(text[4:6]), int(text[6:8]),
-            int(text[8:10]), int(text[10:12]), int(text[12:]),
-            tzinfo=UTC,
-        )  # fmt: skip
-    except ValueError as error:
-        message = f"gl200 time out of range: {text!r}"
-        raise FrameError(message) from error
-    return int(moment.timestamp()) * 1000
+    return utc_ms(
+        int(text[:4]), int(text[4:6]), int(text[6:8]),
+        int(text[8:10]), int(text[10:12]), int(text[12:]), "gl200 time",
+    )  # fmt: skip
 
 
 def _send_time_ms(fields: list[str], default_ms: int) -> int:
@@ -387,13 +337,6 @@ def _send_time_ms(fields: list[str], default_ms: int) -> int:
     if _TIMESTAMP.fullmatch(send_time) is None:
         return default_ms
     return _timestamp_ms(send_time)
-
-
-def _positionless_alarm(device: str, alarm: str, event_time_ms: int) -> Event:
-    event = Event(device=device, event_time_ms=event_time_ms, type="alarm")
-    event.attributes["alarm"] = json.dumps(alarm)
-    event.attributes["protocol"] = json.dumps(_NAME)
-    return event
 
 
 PROTOCOL = TrackerProtocol(

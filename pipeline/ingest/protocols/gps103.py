@@ -37,9 +37,7 @@ cannot be placed in UTC.
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.ingest.protocols.base import (
@@ -49,8 +47,17 @@ from pipeline.ingest.protocols.base import (
     TrackerSession,
     alarm_event,
     new_fix,
+    positionless_alarm_event,
 )
-from pipeline.model import Event, Fix
+from pipeline.ingest.protocols.fields import (
+    DECIMAL,
+    ddmmyy_hhmmss_ms,
+    degrees_minutes,
+    number_within,
+    utc_ms,
+)
+from pipeline.ingest.protocols.frames import TextFraming, terminated_by
+from pipeline.model import Fix
 
 __all__ = ["KNOTS_TO_KMH", "PROTOCOL", "Gps103Session", "looks_like_gps103"]
 
@@ -83,16 +90,19 @@ _KEYWORD_ALARMS = {
 #: Keywords that carry no position at all.
 _NO_POSITION_KEYWORDS = frozenset({"OBD", "vr"})
 
-_TERMINATOR = re.compile(rb"[;*\n]")
-_FRAME_START = frozenset(b"#i0123456789")
-_SEPARATORS = frozenset(b" \t\r\n")
+_FRAMING = TextFraming(
+    noun="gps103 frame",
+    starts=b"#i0123456789",
+    expected="'#', 'i' or a digit",
+    end=terminated_by(re.compile(rb"[;*\n]")),
+    limit=_MAX_FRAME_BYTES,
+)
 _HANDSHAKE = re.compile(r"##,imei:(\d{10,20}),A")
 _HEARTBEAT = re.compile(r"(\d{10,20})(imei:.*)?", re.DOTALL)
 _IMEI = re.compile(r"imei:(\d{10,20})")
 _LOCAL_TIME = re.compile(r"(\d\d)/?(\d\d)/?(\d\d) ?(\d\d):?(\d\d)(?:\d\d)?")
 _UTC_TIME = re.compile(r"(\d\d)(\d\d)(\d\d)(?:\.(\d{1,9}))?")
 _DEGREES_MINUTES = re.compile(r"\d{3,5}\.\d+")
-_DECIMAL = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 _SATELLITES = re.compile(r"\d{1,3}")
 _TEMPERATURE = re.compile(r"[-+]?\d{1,3}(?:\.\d+)?")
@@ -122,39 +132,11 @@ class Gps103Session(TrackerSession):
         or holds a non-ASCII byte, raises :class:`FrameError` once the good
         frames before it have been returned.
         """
-        frames: list[bytes] = []
-        start = 0
-        size = len(buffer)
-        while True:
-            while start < size and buffer[start] in _SEPARATORS:
-                start += 1
-            if start == size:
-                break
-
-            end = _TERMINATOR.search(buffer, start)
-            stop = size if end is None else end.end()
-            problem = _frame_problem(buffer, start, stop)
-            if problem is not None and not frames:
-                raise FrameError(problem)
-            if problem is not None or end is None:
-                break
-
-            frames.append(bytes(buffer[start:stop]))
-            start = stop
-
-        del buffer[:start]
-        if len(buffer) > self.max_frame_bytes:
-            message = f"gps103 frame exceeds {self.max_frame_bytes} bytes"
-            raise FrameError(message)
-        return frames
+        return _FRAMING.split(buffer)
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode one frame; the module docstring describes the layouts."""
-        if len(frame) > self.max_frame_bytes or not frame.isascii():
-            message = f"gps103 frame is over-long or not ASCII: {frame[:32]!r}"
-            raise FrameError(message)
-
-        text = frame.decode("ascii")
+        text = _FRAMING.text(frame)
         starred = text.rstrip("\r\n ").endswith("*")
         body = text.rstrip(";*\r\n ")
         if body.startswith("##"):
@@ -220,9 +202,17 @@ class Gps103Session(TrackerSession):
         alarm = _keyword_alarm(keyword)
         reply = f"**,imei:{device},E;".encode() if keyword == "help me" else None
         if fields[4] == "L":
-            events = (
-                [] if alarm is None else [_cell_alarm(device, alarm, server_time_ms)]
-            )
+            events = []
+            if alarm is not None:
+                events.append(
+                    positionless_alarm_event(
+                        device,
+                        alarm,
+                        server_time_ms,
+                        protocol=_NAME,
+                        cell_location=True,
+                    )
+                )
             return Decoded(events=events, device=device, reply=reply)
         if fields[4] != "F":
             source = fields[4][:10]
@@ -234,19 +224,6 @@ class Gps103Session(TrackerSession):
         decoded = _fix_decoded(_gps_fix(device, fields, alarm, server_time_ms), alarm)
         decoded.reply = reply
         return decoded
-
-
-def _frame_problem(buffer: bytearray, start: int, stop: int) -> str | None:
-    """Why ``buffer[start:stop]`` can never be a frame, or ``None``."""
-    if buffer[start] not in _FRAME_START:
-        return f"gps103 frame cannot start with {bytes(buffer[start : start + 16])!r}"
-    if not buffer[start:stop].isascii():
-        return (
-            f"gps103 frame holds a non-ASCII byte: {bytes(buffer[start:stop])[:32]!r}"
-        )
-    if stop - start > _MAX_FRAME_BYTES:
-        return f"gps103 frame exceeds {_MAX_FRAME_BYTES} bytes"
-    return None
 
 
 def _keyword_alarm(keyword: str) -> str | None:
@@ -262,14 +239,6 @@ def _fix_decoded(fix: Fix, alarm: str | None) -> Decoded:
     return Decoded(fixes=[fix], events=events, device=fix.device)
 
 
-def _cell_alarm(device: str, alarm: str, server_time_ms: int) -> Event:
-    event = Event(device=device, event_time_ms=server_time_ms, type="alarm")
-    event.attributes["alarm"] = json.dumps(alarm)
-    event.attributes["protocol"] = json.dumps(_NAME)
-    event.attributes["cellLocation"] = "true"
-    return event
-
-
 def _gps_fix(
     device: str, fields: list[str], alarm: str | None, server_time_ms: int
 ) -> Fix:
@@ -280,9 +249,11 @@ def _gps_fix(
     fix_time_ms = _fix_time_ms(fields[2], fields[5])
     valid = _validity(fields[6])
     latitude, longitude, index = _coordinates(fields, 7)
-    speed = _number(fields, index, "speed", 0.0, _MAX_KNOTS)
-    course = _number(fields, index + 1, "course", 0.0, 360.0)
-    altitude = _number(fields, index + 2, "altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE)
+    speed = number_within(_field(fields, index), "gps103 speed", 0.0, _MAX_KNOTS)
+    course = number_within(_field(fields, index + 1), "gps103 course", 0.0, 360.0)
+    altitude = number_within(
+        _field(fields, index + 2), "gps103 altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE
+    )
 
     keyword = fields[1]
     attributes = _extras(fields[index + 3 : index + 8])
@@ -330,23 +301,11 @@ def _fix_time_ms(local: str, utc: str) -> int:
         offset += 1440
     elif offset > 720:
         offset -= 1440
-    local_ms = _epoch_ms(2000 + year, month, day, local_hour, local_minute, second)
+    local_ms = utc_ms(
+        2000 + year, month, day, local_hour, local_minute, second, "gps103 date-time"
+    )
     fraction = utc_match.group(4) or "0"
     return local_ms + int(fraction[:3].ljust(3, "0")) - offset * 60_000
-
-
-def _epoch_ms(
-    year: int, month: int, day: int, hour: int, minute: int, second: int
-) -> int:
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as error:
-        message = (
-            f"gps103 date-time out of range: {year:04d}-{month:02d}-{day:02d} "
-            f"{hour:02d}:{minute:02d}:{second:02d}"
-        )
-        raise FrameError(message) from error
-    return int(moment.timestamp()) * 1000
 
 
 def _validity(flag: str) -> bool:
@@ -369,7 +328,7 @@ def _coordinates(fields: list[str], index: int) -> tuple[float, float, int]:
     if fields[index] in ("N", "S"):
         north_south = fields[index]
         index += 1
-    latitude = _degrees_minutes(_field(fields, index), 90.0, "latitude")
+    latitude = _degrees_minutes(_field(fields, index), 90.0, "gps103 latitude")
     index += 1
     if not north_south and index < count and fields[index] in ("N", "S"):
         north_south = fields[index]
@@ -379,7 +338,7 @@ def _coordinates(fields: list[str], index: int) -> tuple[float, float, int]:
     if index < count and fields[index] in ("E", "W"):
         east_west = fields[index]
         index += 1
-    longitude = _degrees_minutes(_field(fields, index), 180.0, "longitude")
+    longitude = _degrees_minutes(_field(fields, index), 180.0, "gps103 longitude")
     index += 1
     if not east_west and index < count and fields[index] in ("E", "W", ""):
         east_west = fields[index]
@@ -398,33 +357,10 @@ def _field(fields: list[str], index: int) -> str:
 
 def _degrees_minutes(text: str, limit: float, name: str) -> float:
     if _DEGREES_MINUTES.fullmatch(text) is None:
-        message = f"gps103 {name} must be (d)ddmm.mmmm, got {text!r}"
+        message = f"{name} must be (d)ddmm.mmmm, got {text!r}"
         raise FrameError(message)
 
-    point = text.index(".")
-    minutes = float(text[point - 2 :])
-    degrees = int(text[: point - 2]) + minutes / 60.0
-    if minutes >= 60.0 or degrees > limit:
-        message = f"gps103 {name} out of range: {text!r}"
-        raise FrameError(message)
-    return degrees
-
-
-def _number(
-    fields: list[str], index: int, name: str, low: float, high: float
-) -> float | None:
-    """The number in ``fields[index]`` (``None`` when empty), within [low, high]."""
-    text = _field(fields, index)
-    if not text:
-        return None
-    if _DECIMAL.fullmatch(text) is None:
-        message = f"gps103 {name} must be a number, got {text[:20]!r}"
-        raise FrameError(message)
-    value = float(text)
-    if not low <= value <= high:
-        message = f"gps103 {name} must be {low:g} to {high:g}, got {text[:20]!r}"
-        raise FrameError(message)
-    return value
+    return degrees_minutes(text, limit, name)
 
 
 def _extras(values: list[str]) -> dict[str, Any]:
@@ -451,19 +387,12 @@ def _starred_fix(device: str, fields: list[str], server_time_ms: int) -> Fix:
         message = f"gps103 '*' report has {len(fields)} fields, needs 19"
         raise FrameError(message)
 
-    clock, date = fields[5], fields[6]
-    if not (len(clock) == len(date) == 6 and clock.isdigit() and date.isdigit()):
-        message = f"gps103 '*' report time must be hhmmss,ddmmyy, got {clock},{date}"
-        raise FrameError(message)
-    fix_time_ms = _epoch_ms(
-        2000 + int(date[4:]), int(date[2:4]), int(date[:2]),
-        int(clock[:2]), int(clock[2:4]), int(clock[4:]),
-    )  # fmt: skip
+    fix_time_ms = ddmmyy_hhmmss_ms(fields[6], fields[5], "gps103 '*' report time")
 
     attributes: dict[str, Any] = {}
     if _SATELLITES.fullmatch(fields[7]):
         attributes["rssi"] = int(fields[7])
-    hdop = _number(fields, 14, "hdop", 0.0, 100.0)
+    hdop = number_within(_field(fields, 14), "gps103 hdop", 0.0, 100.0)
     if hdop is not None:
         attributes["hdop"] = hdop
     if fields[16] in ("0", "1"):
@@ -478,16 +407,20 @@ def _starred_fix(device: str, fields: list[str], server_time_ms: int) -> Fix:
         protocol=_NAME,
         server_time_ms=server_time_ms,
         valid=fields[8] not in ("", "0"),
-        speed_kmh=_number(fields, 11, "speed", 0.0, _MAX_KNOTS * KNOTS_TO_KMH),
-        course=_number(fields, 12, "course", 0.0, 360.0),
-        altitude=_number(fields, 13, "altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE),
+        speed_kmh=number_within(
+            _field(fields, 11), "gps103 speed", 0.0, _MAX_KNOTS * KNOTS_TO_KMH
+        ),
+        course=number_within(_field(fields, 12), "gps103 course", 0.0, 360.0),
+        altitude=number_within(
+            _field(fields, 13), "gps103 altitude", -_MAX_ALTITUDE, _MAX_ALTITUDE
+        ),
         satellites=int(fields[15]) if _SATELLITES.fullmatch(fields[15]) else None,
         attributes=attributes,
     )
 
 
 def _signed_degrees(text: str, limit: float, name: str) -> float:
-    if _DECIMAL.fullmatch(text) is None:
+    if DECIMAL.fullmatch(text) is None:
         message = f"gps103 {name} must be signed decimal degrees, got {text!r}"
         raise FrameError(message)
     value = float(text)

@@ -57,6 +57,7 @@ from pipeline.ingest.protocols.base import (
     alarm_event,
     new_fix,
 )
+from pipeline.ingest.protocols.frames import cut_frames
 from pipeline.model import Fix
 
 __all__ = ["DEFAULT_PORT", "PROTOCOL", "Gt06Session", "crc_itu", "looks_like_gt06"]
@@ -193,19 +194,7 @@ class Gt06Session(TrackerSession):
         bad bytes stay at the front (at most :attr:`max_frame_bytes` of them), so
         the next call raises the reason.
         """
-        frames: list[bytes] = []
-        position = 0
-        try:
-            while (size := self._frame_size(buffer, position)) is not None:
-                frames.append(bytes(buffer[position : position + size]))
-                position += size
-        except FrameError:
-            if not frames:
-                raise
-            del buffer[position + self.max_frame_bytes :]
-
-        del buffer[:position]
-        return frames
+        return cut_frames(buffer, self._frame_end, keep=self.max_frame_bytes)
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode one frame: a login, a location, a status or a request."""
@@ -231,11 +220,9 @@ class Gt06Session(TrackerSession):
             return Decoded(reply=_plain_reply(frame, header))
         return Decoded()
 
-    def _frame_size(self, buffer: bytearray, position: int) -> int | None:
-        """Size of the frame at ``position``; ``None`` while it is incomplete."""
+    def _frame_end(self, buffer: bytearray, position: int) -> int | None:
+        """Where the frame at ``position`` ends; ``None`` while it is incomplete."""
         available = len(buffer) - position
-        if available == 0:
-            return None
         marker = buffer[position]
         if marker != _SHORT_START and marker != _LONG_START:
             message = f"gt06 frame must start with 78 78 or 79 79, got {marker:02X}"
@@ -269,7 +256,7 @@ class Gt06Session(TrackerSession):
         if buffer[position + size - 2 : position + size] != _STOP:
             message = f"gt06 frame of {size} bytes does not end with 0D 0A"
             raise FrameError(message)
-        return size
+        return position + size
 
     def _login(self, frame: bytes, start: int, end: int, header: int) -> Decoded:
         """Identify the device; an extended login also gives its time zone."""

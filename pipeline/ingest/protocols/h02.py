@@ -46,6 +46,7 @@ from pipeline.ingest.protocols.base import (
     alarm_event,
     new_fix,
 )
+from pipeline.ingest.protocols.frames import cut_frames
 from pipeline.model import Fix
 
 __all__ = [
@@ -155,24 +156,9 @@ class H02Session(TrackerSession):
         frames, the good frames are returned and the bad bytes stay at the front
         (at most :attr:`max_frame_bytes` of them), so the next call raises.
         """
-        frames: list[bytes] = []
-        position = 0
-        try:
-            while True:
-                while position < len(buffer) and buffer[position] in _LINE_BREAKS:
-                    position += 1
-                size = self._frame_size(buffer, position)
-                if size is None:
-                    break
-                frames.append(bytes(buffer[position : position + size]))
-                position += size
-        except FrameError:
-            if not frames:
-                raise
-            del buffer[position + self.max_frame_bytes :]
-
-        del buffer[:position]
-        return frames
+        return cut_frames(
+            buffer, self._frame_end, keep=self.max_frame_bytes, skip=_LINE_BREAKS
+        )
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode one text or binary frame."""
@@ -183,24 +169,23 @@ class H02Session(TrackerSession):
         message = f"h02 frame must start with '*' or '$', got {frame[:1]!r}"
         raise FrameError(message)
 
-    def _frame_size(self, buffer: bytearray, position: int) -> int | None:
-        """Size of the frame at ``position``; ``None`` while it is incomplete."""
+    def _frame_end(self, buffer: bytearray, position: int) -> int | None:
+        """Where the frame at ``position`` ends; ``None`` while it is incomplete."""
         available = len(buffer) - position
-        if available == 0:
-            return None
         marker = buffer[position]
 
         if marker == _TEXT_START:
             limit = position + self.max_frame_bytes
             end = buffer.find(_TEXT_END, position, limit)
             if end >= 0:
-                return end + 1 - position
+                return end + 1
             if available >= self.max_frame_bytes:
                 message = f"h02 text frame has no '#' in {self.max_frame_bytes} bytes"
                 raise FrameError(message)
             return None
         if marker == _BINARY_START:
-            return self._binary_size(buffer, position, available)
+            size = self._binary_size(buffer, position, available)
+            return None if size is None else position + size
 
         message = f"h02 frame must start with '*' or '$', got {marker:02X}"
         raise FrameError(message)

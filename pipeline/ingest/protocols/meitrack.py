@@ -47,9 +47,9 @@ restored/cut (MEITRACK T622 GPRS Protocol, section 1.5), 44 GSM jamming and
 from __future__ import annotations
 
 import struct
-from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.ingest.protocols import wire
 from pipeline.ingest.protocols.base import (
     Decoded,
     FrameError,
@@ -58,7 +58,26 @@ from pipeline.ingest.protocols.base import (
     alarm_event,
     new_fix,
 )
-from pipeline.model import Event, Fix, FixBatch
+from pipeline.ingest.protocols.fields import (
+    ascii_text,
+    degrees,
+    integer,
+    number,
+    utc_ms,
+)
+from pipeline.ingest.protocols.wire import (
+    ALTITUDE,
+    ATTRIBUTES,
+    COURSE,
+    FIXES,
+    LATITUDE,
+    LONGITUDE,
+    POSITION,
+    SATELLITES,
+    SPEED,
+    VALID,
+)
+from pipeline.model import Fix
 
 __all__ = ["PROTOCOL", "MeitrackSession"]
 
@@ -219,28 +238,23 @@ def _server_command(flag: str, imei: str, body: str) -> bytes:
 
 
 def _decode_aaa(frame: bytes, start: int, imei: str, server_time_ms: int) -> Decoded:
-    try:
-        text = frame[start:-5].decode("ascii")
-    except UnicodeDecodeError as error:
-        message = f"AAA report must be ASCII, got byte {error.object[error.start]:#04x}"
-        raise FrameError(message) from error
-    fields = text.split(",")
+    fields = ascii_text(frame[start:-5], "AAA report").split(",")
     if len(fields) < 16:
         message = f"AAA report must have at least 16 fields, got {len(fields)}"
         raise FrameError(message)
 
     fix = _aaa_fix(fields, imei, server_time_ms)
     decoded = Decoded(fixes=[fix], device=imei)
-    alarm = EVENT_ALARMS.get(_integer(fields[0], "event"))
+    alarm = EVENT_ALARMS.get(integer(fields[0], "event"))
     if alarm is not None:
         decoded.events.append(alarm_event(fix, alarm))
     return decoded
 
 
 def _aaa_fix(fields: list[str], imei: str, server_time_ms: int) -> Fix:
-    event = _integer(fields[0], "event")
-    latitude = _degrees(fields[1], "latitude", 90.0)
-    longitude = _degrees(fields[2], "longitude", 180.0)
+    event = integer(fields[0], "event")
+    latitude = degrees(fields[1], "latitude", 90.0)
+    longitude = degrees(fields[2], "longitude", 180.0)
     fix_time_ms = _yymmddhhmmss_ms(fields[3])
     if fields[4] not in ("A", "V"):
         message = f"validity must be 'A' or 'V', got {fields[4]!r}"
@@ -248,10 +262,10 @@ def _aaa_fix(fields: list[str], imei: str, server_time_ms: int) -> Fix:
 
     attributes: dict[str, Any] = {
         "event": event,
-        "rssi": _integer(fields[6], "GSM signal"),
-        "hdop": _number(fields[9], "HDOP"),
-        "odometer": float(_integer(fields[11], "odometer")),
-        "hours": float(_integer(fields[12], "run time")),
+        "rssi": integer(fields[6], "GSM signal"),
+        "hdop": number(fields[9], "HDOP"),
+        "odometer": float(integer(fields[11], "odometer")),
+        "hours": float(integer(fields[12], "run time")),
     }
     attributes.update(_io_attributes(fields[14]))
     attributes.update(_analog_attributes(fields[15]))
@@ -267,10 +281,10 @@ def _aaa_fix(fields: list[str], imei: str, server_time_ms: int) -> Fix:
         protocol=_NAME,
         server_time_ms=server_time_ms,
         valid=fields[4] == "A",
-        speed_kmh=_number(fields[7], "speed"),
-        course=_number(fields[8], "course"),
-        altitude=_number(fields[10], "altitude"),
-        satellites=_integer(fields[5], "satellites"),
+        speed_kmh=number(fields[7], "speed"),
+        course=number(fields[8], "course"),
+        altitude=number(fields[10], "altitude"),
+        satellites=integer(fields[5], "satellites"),
         attributes=attributes,
     )
 
@@ -280,7 +294,7 @@ def _io_attributes(field: str) -> dict[str, bool]:
     if len(field) != 4:
         message = f"I/O status must be 4 hex digits, got {field!r}"
         raise FrameError(message)
-    word = _integer(field, "I/O status", base=16)
+    word = integer(field, "I/O status", base=16)
     attributes = {f"input{bit + 1}": bool(word >> (8 + bit) & 1) for bit in range(8)}
     attributes |= {f"output{bit + 1}": bool(word >> bit & 1) for bit in range(8)}
     return attributes
@@ -292,10 +306,10 @@ def _analog_attributes(field: str) -> dict[str, Any]:
     if "." in field:
         names = ("battery", "power")
         pairs = zip(names, parts[:2], strict=False)
-        return {name: _number(part, name) for name, part in pairs if part}
+        return {name: number(part, name) for name, part in pairs if part}
 
     return {
-        f"adc{position + 1}": _integer(part, "analog value", base=16)
+        f"adc{position + 1}": integer(part, "analog value", base=16)
         for position, part in enumerate(parts[:5])
         if part
     }
@@ -319,44 +333,12 @@ def _decode_ccc(frame: bytes, start: int, imei: str, server_time_ms: int) -> Dec
         raise FrameError(message)
 
     records = memoryview(frame)[start + _CCC_HEADER.size : end]
-    wire = _CccWire(imei, server_time_ms)
-    fixes = list(FixBatch.FromString(wire.batch(records)).fixes)
-    for fix, fix_time_ms in zip(fixes, wire.times, strict=True):
-        fix.fix_time_ms = fix_time_ms
-
-    events: list[Event] = []
-    for index, alarm in wire.alarms:
-        fix = fixes[index]
-        fix.attributes["alarm"] = f'"{alarm}"'
-        events.append(alarm_event(fix, alarm))
-    reply = _server_command(chr(frame[2]), imei, f"CCC,{len(fixes)}")
-    return Decoded(fixes=fixes, events=events, device=imei, reply=reply)
-
-
-def _field_tag(message: Any, name: str, wire_type: int) -> int:
-    """The wire tag of a field, from the message's descriptor."""
-    return int(message.DESCRIPTOR.fields_by_name[name].number) << 3 | wire_type
-
-
-def _varint(value: int) -> bytes:
-    """Protocol Buffers base-128 varint of a non-negative integer."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _length_delimited(tag: int, payload: bytes) -> bytes:
-    return _varint(tag) + _varint(len(payload)) + payload
-
-
-def _attribute(name: str, json_text: str) -> bytes:
-    """A ``Fix.attributes`` map entry: field 1 the key, field 2 the JSON value."""
-    entry = _length_delimited(1 << 3 | 2, name.encode())
-    entry += _length_delimited(2 << 3 | 2, json_text.encode())
-    return _length_delimited(_field_tag(Fix, "attributes", 2), entry)
+    encoder = _CccWire(imei, server_time_ms)
+    batch = encoder.batch(records)
+    decoded = wire.decoded_batch(batch, encoder.alarms, encoder.times)
+    decoded.device = imei
+    decoded.reply = _server_command(chr(frame[2]), imei, f"CCC,{len(encoder.times)}")
+    return decoded
 
 
 def _attribute_format(name: str) -> tuple[bytes, int]:
@@ -366,25 +348,17 @@ def _attribute_format(name: str) -> tuple[bytes, int]:
     values are short numbers) and the value; the entry length is the overhead
     plus the value length.
     """
-    key = _length_delimited(1 << 3 | 2, name.encode())
-    tag = bytes((_field_tag(Fix, "attributes", 2),))
-    return tag + b"%c" + key.replace(b"%", b"%%") + b"\x12%c%b", len(key) + 2
+    prefix = wire.entry_prefix(name)
+    return ATTRIBUTES + b"%c" + prefix.replace(b"%", b"%%") + b"%c%b", len(prefix) + 1
 
 
-_FIX_IN_BATCH = _field_tag(FixBatch, "fixes", 2)
-#: latitude and longitude (double), speed, course and altitude (float),
-#: satellites and valid (varints of one byte: satellites are checked < 128).
-_FIX_BODY = struct.Struct("<BdBdBfBfBfBBBB")
-_LATITUDE = _field_tag(Fix, "latitude", 1)
-_LONGITUDE = _field_tag(Fix, "longitude", 1)
-_SPEED = _field_tag(Fix, "speed_kmh", 5)
-_COURSE = _field_tag(Fix, "course", 5)
-_ALTITUDE = _field_tag(Fix, "altitude", 5)
-_SATELLITES = _field_tag(Fix, "satellites", 0)
-_VALID = _field_tag(Fix, "valid", 0)
-if max(_FIX_IN_BATCH, _LATITUDE, _LONGITUDE, _SATELLITES, _VALID) > 0x7F:
-    message = "the CCC encoder writes one-byte tags: Fix field numbers must stay < 16"
+#: The position, then satellites and valid (varints of one byte: satellites are
+#: checked < 128).
+_FIX_BODY = struct.Struct(POSITION.format + "BBBB")
+if len(ATTRIBUTES) != 1 or len(FIXES) != 1:
+    message = "the CCC encoder writes one-byte keys: Fix field numbers must stay < 16"
     raise RuntimeError(message)
+_FIX_IN_BATCH = FIXES[0]
 _ODOMETER, _ODOMETER_OVERHEAD = _attribute_format("odometer")
 _HOURS, _HOURS_OVERHEAD = _attribute_format("hours")
 #: Sets of the attributes that repeat from record to record (event, GSM
@@ -401,13 +375,13 @@ def _steady_entries(steady: tuple[int, ...]) -> bytes:
     event, rssi, hdop, status, adc1, battery, power = steady
     entries = b"".join(
         (
-            _attribute("event", str(event)),
-            _attribute("rssi", str(rssi)),
-            _attribute("hdop", repr(hdop / 10)),
-            _attribute("status", str(status)),
-            _attribute("adc1", str(adc1)),
-            _attribute("battery", repr(battery / 100)),
-            _attribute("power", repr(power / 100)),
+            wire.attribute_entry("event", str(event)),
+            wire.attribute_entry("rssi", str(rssi)),
+            wire.attribute_entry("hdop", repr(hdop / 10)),
+            wire.attribute_entry("status", str(status)),
+            wire.attribute_entry("adc1", str(adc1)),
+            wire.attribute_entry("battery", repr(battery / 100)),
+            wire.attribute_entry("power", repr(power / 100)),
         )
     )
     if len(_steady_cache) >= _CACHE_LIMIT:
@@ -419,20 +393,13 @@ def _steady_entries(steady: tuple[int, ...]) -> bytes:
 class _CccWire:
     """Encodes CCC records straight into a ``FixBatch`` in wire format.
 
-    Buffered uploads are the hot path.  Building each :class:`Fix` through its
-    Python constructor costs several times more than letting the C parser read
-    one batch; these bytes hold exactly what :func:`~.base.new_fix` would set
-    (the tests compare the two), with field numbers from the descriptors.  The
-    fix time, a 6-byte varint, is cheaper to set on the parsed message.
+    Buffered uploads are the hot path: see :mod:`.wire`.  These bytes hold
+    exactly what :func:`~.base.new_fix` would set (the tests compare the two),
+    but for the fix time, which is cheaper to set on the parsed message.
     """
 
     def __init__(self, imei: str, server_time_ms: int) -> None:
-        head = (
-            _length_delimited(_field_tag(Fix, "device", 2), imei.encode())
-            + _varint(_field_tag(Fix, "server_time_ms", 0))
-            + _varint(server_time_ms)
-            + _length_delimited(_field_tag(Fix, "protocol", 2), _NAME.encode())
-        )
+        head = wire.fix_head(imei, server_time_ms, _NAME)
         #: The fix without its time: head, body, steady attributes, odometer
         #: and hours (each: entry length, value length, value).
         self.format = head.replace(b"%", b"%%") + b"%b%b" + _ODOMETER + _HOURS
@@ -465,9 +432,9 @@ class _CccWire:
         hours_text = b"%d.0" % runtime
         body = self.format % (
             _FIX_BODY.pack(
-                _LATITUDE, lat / 1e6, _LONGITUDE, lon / 1e6, _SPEED, speed,
-                _COURSE, course, _ALTITUDE, altitude, _SATELLITES, satellites,
-                _VALID, fix_flag == 1,
+                LATITUDE, lat / 1e6, LONGITUDE, lon / 1e6, SPEED, speed,
+                COURSE, course, ALTITUDE, altitude, SATELLITES, satellites,
+                VALID, fix_flag == 1,
             ),
             _steady_cache.get(steady) or _steady_entries(steady),
             _ODOMETER_OVERHEAD + len(odometer_text), len(odometer_text),
@@ -607,37 +574,6 @@ def _add_cce_fix(
         decoded.events.append(alarm_event(fix, alarm))
 
 
-# ---------------------------------------------------------------- text fields
-
-
-def _integer(text: str, name: str, *, base: int = 10) -> int:
-    try:
-        return int(text, base)
-    except ValueError:
-        message = f"{name} must be an integer, got {text!r}"
-        raise FrameError(message) from None
-
-
-def _number(text: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        message = f"{name} must be a number, got {text!r}"
-        raise FrameError(message) from None
-    if value != value or value in (float("inf"), float("-inf")):
-        message = f"{name} must be finite, got {text!r}"
-        raise FrameError(message)
-    return value
-
-
-def _degrees(text: str, name: str, limit: float) -> float:
-    value = _number(text, name)
-    if not -limit <= value <= limit:
-        message = f"{name} must be within ±{limit:g} degrees, got {text!r}"
-        raise FrameError(message)
-    return value
-
-
 def _yymmddhhmmss_ms(text: str) -> int:
     if len(text) != 12 or not text.isdigit():
         message = f"date and time must be yymmddhhmmss, got {text!r}"
@@ -645,12 +581,7 @@ def _yymmddhhmmss_ms(text: str) -> int:
     year, month, day, hour, minute, second = (
         int(text[i : i + 2]) for i in range(0, 12, 2)
     )
-    try:
-        moment = datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as error:
-        message = f"date and time {text!r} is not a valid UTC time: {error}"
-        raise FrameError(message) from None
-    return int(moment.timestamp()) * 1000
+    return utc_ms(2000 + year, month, day, hour, minute, second, "date and time")
 
 
 def looks_like(first_bytes: bytes) -> bool:

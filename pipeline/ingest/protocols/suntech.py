@@ -39,7 +39,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.ingest.protocols.base import (
@@ -49,6 +48,13 @@ from pipeline.ingest.protocols.base import (
     TrackerSession,
     alarm_event,
     new_fix,
+)
+from pipeline.ingest.protocols.fields import (
+    ascii_text,
+    degrees,
+    integer,
+    number,
+    utc_ms,
 )
 
 __all__ = ["PROTOCOL", "SuntechSession"]
@@ -125,31 +131,13 @@ class _Fields:
         self.index += count
 
     def integer(self, name: str, *, base: int = 10) -> int:
-        text = self.text(name)
-        try:
-            return int(text, base)
-        except ValueError:
-            message = f"{name} must be an integer, got {text!r}"
-            raise FrameError(message) from None
+        return integer(self.text(name), name, base=base)
 
     def number(self, name: str) -> float:
-        text = self.text(name)
-        try:
-            value = float(text)
-        except ValueError:
-            message = f"{name} must be a number, got {text!r}"
-            raise FrameError(message) from None
-        if value != value or value in (float("inf"), float("-inf")):
-            message = f"{name} must be finite, got {text!r}"
-            raise FrameError(message)
-        return value
+        return number(self.text(name), name)
 
     def degrees(self, name: str, limit: float) -> float:
-        value = self.number(name)
-        if not -limit <= value <= limit:
-            message = f"{name} must be within ±{limit:g} degrees, got {value!r}"
-            raise FrameError(message)
-        return value
+        return degrees(self.text(name), name, limit)
 
     def time_ms(self) -> int:
         """``yyyymmdd`` and ``hh:mm:ss`` (UTC) as epoch milliseconds."""
@@ -157,23 +145,15 @@ class _Fields:
         if not (len(date) == 8 and date.isdigit() and _is_clock(time)):
             message = f"date and time must be yyyymmdd;hh:mm:ss, got {date!r};{time!r}"
             raise FrameError(message)
-        try:
-            moment = datetime(
-                int(date[:4]),
-                int(date[4:6]),
-                int(date[6:]),
-                int(time[:2]),
-                int(time[3:5]),
-                int(time[6:]),
-                tzinfo=UTC,
-            )
-        except ValueError as error:
-            message = f"date and time {date};{time} is not a valid UTC time: {error}"
-            raise FrameError(message) from None
-        if not 2000 <= moment.year <= 2099:
-            message = f"year must be within 2000-2099, got {moment.year}"
+        year = int(date[:4])
+        time_ms = utc_ms(
+            year, int(date[4:6]), int(date[6:]),
+            int(time[:2]), int(time[3:5]), int(time[6:]), "date and time",
+        )  # fmt: skip
+        if not 2000 <= year <= 2099:
+            message = f"year must be within 2000-2099, got {year}"
             raise FrameError(message)
-        return int(moment.timestamp()) * 1000
+        return time_ms
 
 
 class SuntechSession(TrackerSession):
@@ -255,11 +235,7 @@ class SuntechSession(TrackerSession):
 
 def _fields(frame: bytes) -> list[str]:
     """The ``;``-separated fields of a report; printable ASCII only."""
-    try:
-        text = frame.rstrip(b"\r\n").decode("ascii")
-    except UnicodeDecodeError as error:
-        message = f"report must be ASCII, got byte {error.object[error.start]:#04x}"
-        raise FrameError(message) from None
+    text = ascii_text(frame.rstrip(b"\r\n"), "report")
     if not text.isprintable():
         message = f"report must be printable ASCII, got {text[:32]!r}"
         raise FrameError(message)
@@ -352,19 +328,15 @@ def _status_tail(fields: _Fields, report: _Report) -> None:
 
 
 def _emergency_tail(fields: _Fields, report: _Report) -> None:
-    emergency = fields.integer("emergency id")
-    report.attributes["event"] = emergency
-    _set_alarm(report, EMERGENCY_ALARMS.get(emergency))
+    _read_event(fields, report, "emergency id", EMERGENCY_ALARMS)
 
 
 def _event_tail(fields: _Fields, report: _Report) -> None:
-    report.attributes["event"] = fields.integer("event id")
+    _read_event(fields, report, "event id", {})
 
 
 def _alert_tail(fields: _Fields, report: _Report) -> None:
-    alert = fields.integer("alert id")
-    report.attributes["event"] = alert
-    _set_alarm(report, ALERT_ALARMS.get(alert))
+    _read_event(fields, report, "alert id", ALERT_ALARMS)
 
 
 def _serial_tail(fields: _Fields, report: _Report) -> None:
@@ -390,9 +362,14 @@ def _read_maintenance(fields: _Fields, report: _Report) -> None:
         report.attributes["battery"] = float(battery)
 
 
-def _set_alarm(report: _Report, alarm: str | None) -> None:
-    if alarm is not None:
-        report.attributes["alarm"] = alarm
+def _read_event(
+    fields: _Fields, report: _Report, name: str, alarms: dict[int, str]
+) -> None:
+    """An event id, kept as ``event``, and the alarm it is in ``alarms``."""
+    event = fields.integer(name)
+    report.attributes["event"] = event
+    if event in alarms:
+        report.attributes["alarm"] = alarms[event]
 
 
 # ---------------------------------------------------------------- ST4xx and ST9xx
@@ -542,9 +519,7 @@ def _read_universal_tail(
         return
     if kind == "ALT":
         if has(19):
-            alert = fields.integer("alert id")
-            report.attributes["event"] = alert
-            _set_alarm(report, ALERT_ALARMS.get(alert))
+            _alert_tail(fields, report)
         fields.skip(has(20) + has(21))  # modifier, data
     else:
         fields.skip(has(19) + has(20))  # mode, reason

@@ -37,9 +37,9 @@ event.  Codec 12 frames are answers to commands sent to the device: their text
 is logged (``teltonika_command_response``) and they give no fix and no reply.
 
 Records are turned into :class:`~pipeline.model.Fix` messages by writing their
-Protocol Buffers wire form (attribute entries cached by the IO element's raw
-bytes) and letting the C parser read the whole packet at once: the complete
-decode then costs less than building the same fixes through the Python
+Protocol Buffers wire form (:mod:`.wire`; attribute entries cached by the IO
+element's raw bytes) and letting the C parser read the whole packet at once: the
+complete decode then costs less than building the same fixes through the Python
 constructor alone.  The fixes are exactly those :func:`~.base.new_fix` builds
 (the tests compare them).
 """
@@ -54,14 +54,28 @@ from functools import cached_property
 import crcmod
 import structlog
 
+from pipeline.ingest.protocols import wire
 from pipeline.ingest.protocols.base import (
     Decoded,
     FrameError,
     TrackerProtocol,
     TrackerSession,
-    alarm_event,
 )
-from pipeline.model import Event, Fix, FixBatch
+from pipeline.ingest.protocols.frames import cut_frames
+from pipeline.ingest.protocols.wire import (
+    ALTITUDE,
+    COURSE,
+    FIX_TIME,
+    FIXES,
+    LATITUDE,
+    LONGITUDE,
+    ONE_BYTE,
+    POSITION,
+    SATELLITES,
+    SPEED,
+    VALID,
+    varint,
+)
 
 __all__ = [
     "ALARM_IO",
@@ -282,21 +296,7 @@ class TeltonikaSession(TrackerSession):
         the complete frames before them were returned (on the next call), so
         records the device sent intact are still acknowledged.
         """
-        frames: list[bytes] = []
-        start = 0
-        while True:
-            try:
-                end = self._frame_end(buffer, start)
-            except FrameError:
-                if not frames:
-                    raise
-                break
-            if end is None:
-                break
-            frames.append(bytes(buffer[start:end]))
-            start = end
-        del buffer[:start]
-        return frames
+        return cut_frames(buffer, self._frame_end, keep=self.max_frame_bytes)
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode the IMEI frame or one AVL data frame of a TCP stream."""
@@ -346,8 +346,6 @@ class TeltonikaSession(TrackerSession):
     def _frame_end(self, buffer: bytearray, start: int) -> int | None:
         """Where the frame at ``start`` ends, ``None`` while incomplete."""
         available = len(buffer) - start
-        if available <= 0:
-            return None
         if buffer[start] != 0:
             message = (
                 f"frame must start with a zero byte (IMEI length or preamble), "
@@ -469,75 +467,13 @@ def _log_command_response(item: bytes, device: str) -> None:
 
 
 # ------------------------------------------------------------ wire form of fixes
+# Records become ``Fix`` wire bytes (see :mod:`.wire`); what repeats from record to
+# record (IO elements, events, priorities) is encoded once and kept.
 
-
-_ONE_BYTE = [bytes((value,)) for value in range(256)]
-#: Varints of 14-bit pieces: both bytes with the continuation bit, and (for the
-#: last piece) only the first.  Three pieces make a Unix time in ms.
-_PIECES = [bytes((piece & 0x7F | 0x80, piece >> 7 | 0x80)) for piece in range(0x4000)]
-_LAST_PIECES = [bytes((piece & 0x7F | 0x80, piece >> 7)) for piece in range(0x4000)]
-
-
-def _varint(value: int) -> bytes:
-    """Protocol Buffers base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    if value < 0x4000:
-        return _LAST_PIECES[value]
-    if 1 << 35 <= value < 1 << 42:
-        # Every Unix time in ms from 1971 to 2109: the hot path, 6 bytes.
-        return (
-            _PIECES[value & 0x3FFF]
-            + _PIECES[value >> 14 & 0x3FFF]
-            + _LAST_PIECES[value >> 28]
-        )
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(message: type[Fix] | type[FixBatch], name: str, wire_type: int) -> bytes:
-    """The wire tag of a field, from the message's descriptor."""
-    number = message.DESCRIPTOR.fields_by_name[name].number
-    return _varint(number << 3 | wire_type)
-
-
-def _length_delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
-_FIXES = _tag(FixBatch, "fixes", 2)
-_DEVICE = _tag(Fix, "device", 2)
-_SERVER_TIME = _tag(Fix, "server_time_ms", 0)
-_PROTOCOL_FIELD = _length_delimited(_tag(Fix, "protocol", 2), _NAME.encode())
-_ATTRIBUTES = _tag(Fix, "attributes", 2)
-_FIX_TIME = _tag(Fix, "fix_time_ms", 0)
-_VALID = _tag(Fix, "valid", 0) + b"\x01"
-#: latitude, longitude (double); speed, course, altitude (float).
-_POSITION = struct.Struct("<cdcdcfcfcf")
-_POSITION_TAGS = (
-    _tag(Fix, "latitude", 1),
-    _tag(Fix, "longitude", 1),
-    _tag(Fix, "speed_kmh", 5),
-    _tag(Fix, "course", 5),
-    _tag(Fix, "altitude", 5),
-)
-_SATELLITES = [_tag(Fix, "satellites", 0) + _varint(count) for count in range(256)]
+_VALID = bytes((VALID, 1))
+_SATELLITES = [ONE_BYTE[SATELLITES] + varint(count) for count in range(256)]
 #: Entries an element cache keeps before it starts over.
 _CACHE_LIMIT = 8192
-
-
-def _attribute(key: str, json_text: str) -> bytes:
-    """Wire bytes of one ``attributes`` map entry (key field 1, value field 2)."""
-    entry = _length_delimited(b"\x0a", key.encode()) + _length_delimited(
-        b"\x12", json_text.encode()
-    )
-    return _length_delimited(_ATTRIBUTES, entry)
-
-
 #: JSON texts of integer elements are at most 22 characters (an unsigned 64-bit
 #: integer, or a float in exponent form).
 _SHORT_TEXT = 24
@@ -547,9 +483,9 @@ _KEY_LIMIT = 4096
 
 def _entry_heads(key: str) -> list[bytes]:
     """All of an attribute entry but its JSON text, by the text's length."""
-    prefix = _length_delimited(b"\x0a", key.encode()) + b"\x12"
+    prefix = wire.entry_prefix(key)
     return [
-        _ATTRIBUTES + _varint(len(prefix) + 1 + length) + prefix + _ONE_BYTE[length]
+        wire.ATTRIBUTES + varint(len(prefix) + 1 + length) + prefix + ONE_BYTE[length]
         for length in range(_SHORT_TEXT)
     ]
 
@@ -612,26 +548,23 @@ _EVENT_ENTRIES: dict[int, bytes] = {}
 def _event_attribute(event_id: int) -> bytes:
     entry = _EVENT_ENTRIES.get(event_id)
     if entry is None:
-        entry = _attribute("event", str(event_id))
+        entry = wire.attribute_entry("event", str(event_id))
         if len(_EVENT_ENTRIES) >= _CACHE_LIMIT:
             _EVENT_ENTRIES.clear()
         _EVENT_ENTRIES[event_id] = entry
     return entry
 
 
-_PRIORITY = [b""] + [_attribute("priority", str(level)) for level in range(1, 256)]
+_PRIORITY = [b""] + [
+    wire.attribute_entry("priority", str(level)) for level in range(1, 256)
+]
 
 
 class _PacketWire:
     """Turns the records of one AVL packet into fixes through their wire form."""
 
     def __init__(self, device: str, server_time_ms: int, layout: _IoLayout) -> None:
-        self.head = (
-            _length_delimited(_DEVICE, device.encode())
-            + _SERVER_TIME
-            + _varint(server_time_ms)
-            + _PROTOCOL_FIELD
-        )
+        self.head = wire.fix_head(device, server_time_ms, _NAME)
         self.layout = layout
         self.cache = _ELEMENT_CACHES[layout.id_width]
 
@@ -642,7 +575,7 @@ class _PacketWire:
         position = 0
         for index in range(count):
             body, alarm, position = self.record(records, position)
-            parts += (_FIXES, _varint(len(body)), body)
+            parts += (FIXES, varint(len(body)), body)
             if alarm is not None:
                 alarms.append((index, alarm))
         if position != len(records):
@@ -651,12 +584,7 @@ class _PacketWire:
             )
             raise FrameError(message)
 
-        fixes = list(FixBatch.FromString(b"".join(parts)).fixes)
-        events: list[Event] = []
-        for index, alarm in alarms:
-            fixes[index].attributes["alarm"] = f'"{alarm}"'
-            events.append(alarm_event(fixes[index], alarm))
-        return Decoded(fixes=fixes, events=events)
+        return wire.decoded_batch(b"".join(parts), alarms)
 
     def record(self, data: bytes, position: int) -> tuple[bytes, str | None, int]:
         """One record's ``Fix`` wire bytes, its alarm, and where the next starts."""
@@ -669,21 +597,20 @@ class _PacketWire:
         )
         _check_record(time_ms, lat, lon)
 
-        latitude, longitude, speed_kmh, course, height = _POSITION_TAGS
         parts = [
             self.head,
-            _FIX_TIME,
-            _varint(time_ms),
-            _POSITION.pack(
-                latitude,
+            FIX_TIME,
+            varint(time_ms),
+            POSITION.pack(
+                LATITUDE,
                 lat / 1e7,
-                longitude,
+                LONGITUDE,
                 lon / 1e7,
-                speed_kmh,
+                SPEED,
                 speed,
-                course,
+                COURSE,
                 angle,
-                height,
+                ALTITUDE,
                 altitude,
             ),
             _SATELLITES[satellites],
@@ -722,7 +649,7 @@ def _variable_elements(data: bytes, position: int, parts: list[bytes]) -> int:
             message = f"IO element {io_id} of {length} bytes runs past the records"
             raise FrameError(message)
         value = data[position : position + length].hex()
-        parts.append(_attribute(f"io{io_id}", f'"{value}"'))
+        parts.append(wire.attribute_entry(f"io{io_id}", f'"{value}"'))
         position += length
     return position
 

@@ -25,9 +25,7 @@ is answered.  Every frame names its device, so no login is required first.
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.ingest.protocols.base import (
@@ -37,8 +35,16 @@ from pipeline.ingest.protocols.base import (
     TrackerSession,
     alarm_event,
     new_fix,
+    positionless_alarm_event,
 )
-from pipeline.model import Event, Fix
+from pipeline.ingest.protocols.fields import (
+    ddmmyy_hhmmss_ms,
+    degrees_minutes,
+    number_within,
+    utc_ms,
+)
+from pipeline.ingest.protocols.frames import TextFraming
+from pipeline.model import Fix
 
 __all__ = ["PROTOCOL", "Tk103Session", "looks_like_tk103"]
 
@@ -77,7 +83,6 @@ _COMMA_IGNITION = {
     **dict.fromkeys(("ZC16", "DW36", "DW56"), False),
 }
 
-_SEPARATORS = frozenset(b" \t\r\n")
 _FIXED_HEAD = re.compile(r"([0-9A-Za-z]{12})(B[A-Z]\d\d)")
 _LOOSE_HEAD = re.compile(r"([0-9A-Za-z]{10,15}?)(B[A-Z]\d\d)")
 _COMMA_HEAD = re.compile(r"(\d{10,20}),([0-9A-Z]{4})(?:,|$)")
@@ -94,7 +99,7 @@ _COMMA_LATITUDE = re.compile(r"(\d{2,4}\.\d+)([NS])")
 _COMMA_LONGITUDE = re.compile(r"(\d{2,5}\.\d+)([EW])")
 _STATUS = re.compile(r"[0-9A-Fa-f]{8}")
 _ODOMETER = re.compile(r"L([0-9A-Fa-f]{1,12})")
-_DECIMAL = re.compile(r" *\d+(?:\.\d*)?")
+_DECIMAL = re.compile(r"\d+(?:\.\d*)?")
 _TEMPERATURE = re.compile(r"[-+]\d{3}\.\d")
 _LOOKS_LIKE = re.compile(
     rb"\((?:[0-9A-Za-z]{10,15}B[A-Z]\d\d|\d{10,20},[0-9A-Z]{4}[,)])"
@@ -122,37 +127,11 @@ class Tk103Session(TrackerSession):
         Anything else before a ``(``, or a non-ASCII byte, raises
         :class:`FrameError` once the good frames before it have been returned.
         """
-        frames: list[bytes] = []
-        start = 0
-        size = len(buffer)
-        while True:
-            while start < size and buffer[start] in _SEPARATORS:
-                start += 1
-            if start == size:
-                break
-
-            stop = _frame_end(buffer, start)
-            problem = _frame_problem(buffer, start, size if stop < 0 else stop)
-            if problem is not None and not frames:
-                raise FrameError(problem)
-            if problem is not None or stop < 0:
-                break
-
-            frames.append(bytes(buffer[start:stop]))
-            start = stop
-
-        del buffer[:start]
-        if len(buffer) > self.max_frame_bytes:
-            message = f"tk103 frame exceeds {self.max_frame_bytes} bytes without ')'"
-            raise FrameError(message)
-        return frames
+        return _FRAMING.split(buffer)
 
     def decode(self, frame: bytes, *, server_time_ms: int) -> Decoded:
         """Decode one ``(...)`` frame; the module docstring gives the layouts."""
-        if len(frame) > self.max_frame_bytes or not frame.isascii():
-            message = f"tk103 frame is over-long or not ASCII: {frame[:32]!r}"
-            raise FrameError(message)
-        text = frame.decode("ascii")
+        text = _FRAMING.text(frame)
         if len(text) < 3 or text[0] != "(" or text[-1] != ")":
             message = f"tk103 frame must be '(...)', got {text[:40]!r}"
             raise FrameError(message)
@@ -206,33 +185,32 @@ class Tk103Session(TrackerSession):
         if alarm is not None and command.startswith("DW5"):
             # Cells and Wi-Fi instead of a position: the alarm still stands.
             event_time_ms = _trailing_time_ms(fields, server_time_ms)
-            return Decoded(
-                events=[_cell_alarm(device, alarm, event_time_ms)], device=device
+            event = positionless_alarm_event(
+                device, alarm, event_time_ms, protocol=_NAME, cell_location=True
             )
+            return Decoded(events=[event], device=device)
         return Decoded(device=device)
 
 
-def _frame_end(buffer: bytearray, start: int) -> int:
-    """Index after the ``)`` closing the frame at ``start``, or -1 if not yet here."""
+def _frame_end(buffer: bytearray, start: int) -> int | None:
+    """Index after the ``)`` closing the frame at ``start``; ``None`` until it came."""
     search = start + 1
     while True:
         close = buffer.find(b")", search)
         if close < 0:
-            return -1
+            return None
         if buffer.count(b"$", start, close) % 2 == 0:
             return close + 1
         search = close + 1
 
 
-def _frame_problem(buffer: bytearray, start: int, stop: int) -> str | None:
-    if buffer[start] != ord("("):
-        front = bytes(buffer[start : start + 16])
-        return f"tk103 frame must start with '(', got {front!r}"
-    if not buffer[start:stop].isascii():
-        return f"tk103 frame holds a non-ASCII byte: {bytes(buffer[start:stop])[:32]!r}"
-    if stop - start > _MAX_FRAME_BYTES:
-        return f"tk103 frame exceeds {_MAX_FRAME_BYTES} bytes"
-    return None
+_FRAMING = TextFraming(
+    noun="tk103 frame",
+    starts=b"(",
+    expected="'('",
+    end=_frame_end,
+    limit=_MAX_FRAME_BYTES,
+)
 
 
 def _fixed_alarm(command: str, data: str) -> str | None:
@@ -257,9 +235,9 @@ def _fixed_fix(
     server_time_ms: int,
 ) -> Fix:
     date, clock = match.group("date"), match.group("time")
-    fix_time_ms = _epoch_ms(
+    fix_time_ms = utc_ms(
         2000 + int(date[:2]), int(date[2:4]), int(date[4:]),
-        int(clock[:2]), int(clock[2:4]), int(clock[4:]),
+        int(clock[:2]), int(clock[2:4]), int(clock[4:]), "tk103 date-time",
     )  # fmt: skip
     latitude = _degrees_minutes(match.group("lat"), match.group("ns") == "S", 90.0)
     longitude = _degrees_minutes(match.group("lon"), match.group("ew") == "W", 180.0)
@@ -282,8 +260,8 @@ def _fixed_fix(
         protocol=_NAME,
         server_time_ms=server_time_ms,
         valid=match.group("valid") == "A",
-        speed_kmh=_number(match.group("speed"), "speed", _MAX_KMH),
-        course=None if course is None else _number(course, "course", 360.0),
+        speed_kmh=_number(match.group("speed"), "tk103 speed", _MAX_KMH),
+        course=None if course is None else _number(course, "tk103 course", 360.0),
         attributes=attributes,
     )
 
@@ -303,14 +281,7 @@ def _comma_fix(
     alarm: str | None,
     server_time_ms: int,
 ) -> Fix:
-    date, clock = fields[2], fields[7]
-    if not (len(date) == len(clock) == 6 and date.isdigit() and clock.isdigit()):
-        message = f"tk103 date and time must be ddmmyy and hhmmss, got {date},{clock}"
-        raise FrameError(message)
-    fix_time_ms = _epoch_ms(
-        2000 + int(date[4:]), int(date[2:4]), int(date[:2]),
-        int(clock[:2]), int(clock[2:4]), int(clock[4:]),
-    )  # fmt: skip
+    fix_time_ms = ddmmyy_hhmmss_ms(fields[2], fields[7], "tk103 date and time")
     latitude = _comma_coordinate(_COMMA_LATITUDE, fields[4], "NS", 90.0)
     longitude = _comma_coordinate(_COMMA_LONGITUDE, fields[5], "EW", 180.0)
 
@@ -331,8 +302,8 @@ def _comma_fix(
         protocol=_NAME,
         server_time_ms=server_time_ms,
         valid=fields[3] == "A",
-        speed_kmh=_number(fields[6], "speed", _MAX_KMH),
-        course=_number(fields[8], "course", 360.0),
+        speed_kmh=_number(fields[6], "tk103 speed", _MAX_KMH),
+        course=_number(fields[8], "tk103 course", 360.0),
         attributes=attributes,
     )
 
@@ -349,60 +320,26 @@ def _comma_coordinate(
 
 def _degrees_minutes(text: str, negative: bool, limit: float) -> float:
     """``(d)ddmm.mmmm`` to degrees; some firmware drops zero degrees (``45.789``)."""
-    point = text.index(".")
-    minutes = float(text[point - 2 :])
-    degrees = int(text[: point - 2] or "0") + minutes / 60.0
-    if minutes >= 60.0 or degrees > limit:
-        message = f"tk103 coordinate out of range: {text!r}"
-        raise FrameError(message)
+    degrees = degrees_minutes(text, limit, "tk103 coordinate")
     return -degrees if negative else degrees
 
 
 def _number(text: str, name: str, high: float) -> float | None:
-    """The number in ``text``, ``None`` when blank; refused beyond 0 to ``high``."""
+    """The number in ``text``, ``None`` when blank; refused beyond 0 to ``high``.
+
+    Fixed-width fields are padded with spaces in front.
+    """
     if not text.strip():
         return None
-    if _DECIMAL.fullmatch(text) is None:
-        message = f"tk103 {name} must be a number, got {text[:20]!r}"
-        raise FrameError(message)
-    value = float(text)
-    if value > high:
-        message = f"tk103 {name} must be 0 to {high:g}, got {text[:20]!r}"
-        raise FrameError(message)
-    return value
-
-
-def _epoch_ms(
-    year: int, month: int, day: int, hour: int, minute: int, second: int
-) -> int:
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as error:
-        message = (
-            f"tk103 date-time out of range: {year:04d}-{month:02d}-{day:02d} "
-            f"{hour:02d}:{minute:02d}:{second:02d}"
-        )
-        raise FrameError(message) from error
-    return int(moment.timestamp()) * 1000
+    return number_within(text.lstrip(" "), name, 0.0, high, _DECIMAL)
 
 
 def _trailing_time_ms(fields: list[str], default_ms: int) -> int:
     """The ``ddmmyy,hhmmss`` that ends cell reports, or ``default_ms``."""
     date, clock = fields[-2], fields[-1]
     if len(date) == len(clock) == 6 and date.isdigit() and clock.isdigit():
-        return _epoch_ms(
-            2000 + int(date[4:]), int(date[2:4]), int(date[:2]),
-            int(clock[:2]), int(clock[2:4]), int(clock[4:]),
-        )  # fmt: skip
+        return ddmmyy_hhmmss_ms(date, clock, "tk103 date-time")
     return default_ms
-
-
-def _cell_alarm(device: str, alarm: str, event_time_ms: int) -> Event:
-    event = Event(device=device, event_time_ms=event_time_ms, type="alarm")
-    event.attributes["alarm"] = json.dumps(alarm)
-    event.attributes["protocol"] = json.dumps(_NAME)
-    event.attributes["cellLocation"] = "true"
-    return event
 
 
 PROTOCOL = TrackerProtocol(

@@ -39,7 +39,6 @@ position and give no fix.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.ingest.protocols.base import (
@@ -49,6 +48,13 @@ from pipeline.ingest.protocols.base import (
     TrackerSession,
     alarm_event,
     new_fix,
+)
+from pipeline.ingest.protocols.fields import (
+    ascii_text,
+    ddmmyy_hhmmss_ms,
+    degrees,
+    integer,
+    number,
 )
 
 __all__ = ["PROTOCOL", "WatchSession"]
@@ -271,17 +277,13 @@ def _add_position(
     if len(raw_fields) < 16:
         message = f"{kind} report must have 16 position fields, got {len(raw_fields)}"
         raise FrameError(message)
-    try:
-        fields = [field.decode("ascii") for field in raw_fields]
-    except UnicodeDecodeError as error:
-        message = f"{kind} position fields must be ASCII"
-        raise FrameError(message) from error
+    fields = [ascii_text(field, f"{kind} position fields") for field in raw_fields]
 
-    status = _integer(fields[15], "status", base=16)
+    status = integer(fields[15], "status", base=16)
     attributes: dict[str, Any] = {
-        "rssi": _integer(fields[11], "GSM signal"),
-        "batteryLevel": _integer(fields[12], "battery"),
-        "steps": _integer(fields[13], "steps"),
+        "rssi": integer(fields[11], "GSM signal"),
+        "batteryLevel": integer(fields[12], "battery"),
+        "steps": integer(fields[13], "steps"),
         "status": status,
         "motion": bool(status >> 4 & 1),
     }
@@ -296,16 +298,16 @@ def _add_position(
         raise FrameError(message)
     fix = new_fix(
         decoded.device or "",
-        _ddmmyy_hhmmss_ms(fields[0], fields[1]),
+        ddmmyy_hhmmss_ms(fields[0], fields[1], "date and time"),
         _coordinate(fields[3], fields[4], "latitude", 90.0),
         _coordinate(fields[5], fields[6], "longitude", 180.0),
         protocol=_NAME,
         server_time_ms=server_time_ms,
         valid=fields[2] == "A",
-        speed_kmh=_number(fields[7], "speed"),
-        course=_number(fields[8], "course"),
-        altitude=_number(fields[9], "altitude"),
-        satellites=_integer(fields[10], "satellites"),
+        speed_kmh=number(fields[7], "speed"),
+        course=number(fields[8], "course"),
+        altitude=number(fields[9], "altitude"),
+        satellites=integer(fields[10], "satellites"),
         attributes=attributes,
     )
     decoded.fixes.append(fix)
@@ -318,49 +320,8 @@ def _coordinate(text: str, hemisphere: str, name: str, limit: float) -> float:
     if hemisphere not in ("", "N", "S", "E", "W"):
         message = f"{name} hemisphere must be N, S, E or W, got {hemisphere!r}"
         raise FrameError(message)
-    value = _number(text.strip(), name)
-    if hemisphere in ("S", "W"):
-        value = -abs(value)
-    if not -limit <= value <= limit:
-        message = f"{name} must be within ±{limit:g} degrees, got {text!r}"
-        raise FrameError(message)
-    return value
-
-
-def _ddmmyy_hhmmss_ms(date: str, time: str) -> int:
-    text = date + time
-    if len(text) != 12 or not text.isdigit():
-        message = f"date and time must be ddmmyy,hhmmss, got {date!r},{time!r}"
-        raise FrameError(message)
-    day, month, year, hour, minute, second = (
-        int(text[i : i + 2]) for i in range(0, 12, 2)
-    )
-    try:
-        moment = datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as error:
-        message = f"date and time {date},{time} is not a valid UTC time: {error}"
-        raise FrameError(message) from None
-    return int(moment.timestamp()) * 1000
-
-
-def _integer(text: str, name: str, *, base: int = 10) -> int:
-    try:
-        return int(text, base)
-    except ValueError:
-        message = f"{name} must be an integer, got {text!r}"
-        raise FrameError(message) from None
-
-
-def _number(text: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        message = f"{name} must be a number, got {text!r}"
-        raise FrameError(message) from None
-    if value != value or value in (float("inf"), float("-inf")):
-        message = f"{name} must be finite, got {text!r}"
-        raise FrameError(message)
-    return value
+    value = degrees(text.strip(), name, limit)
+    return -abs(value) if hemisphere in ("S", "W") else value
 
 
 def looks_like(first_bytes: bytes) -> bool:
