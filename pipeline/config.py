@@ -78,6 +78,11 @@ class Settings:
     checkpoint_interval: int = _setting(
         10, "seconds between checkpoints of the streaming job"
     )
+    lateness: float = _setting(
+        10.0,
+        "seconds a fix may come out of order and still be used in order for trips, "
+        "geofences and alerts; a later one is stored and its window recomputed",
+    )
     map_style: str = _setting("", "MapLibre style URL for street maps; empty: offline")
     smtp_host: str = _setting("", "SMTP server for e-mail notifications; empty: off")
     smtp_port: int = _setting(587, "SMTP server port")

@@ -172,6 +172,21 @@ async def _latest_until_all(
         await asyncio.sleep(0.1)
 
 
+async def _history_until_found(
+    client: httpx.AsyncClient, url: str, params: dict[str, str], deadline: float
+) -> list[dict[str, Any]]:
+    """A device's history in a window, once it has a row (or time is up).
+
+    History goes through the job's JDBC sink, which flushes every 500 ms: it may
+    trail the live feed by that much.
+    """
+    while True:
+        rows: list[dict[str, Any]] = (await client.get(url, params=params)).json()
+        if rows or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.1)
+
+
 async def _await_everywhere(
     rastro: RastroUnderTest, token: str, expected: dict[str, datetime]
 ) -> None:
@@ -208,10 +223,13 @@ async def _await_everywhere(
                 "from": (when - timedelta(minutes=1)).isoformat(),
                 "to": (when + timedelta(minutes=1)).isoformat(),
             }
-            history = await client.get(
-                f"{rastro.api}/api/v1/devices/{device['id']}/positions", params=params
+            history = await _history_until_found(
+                client,
+                f"{rastro.api}/api/v1/devices/{device['id']}/positions",
+                params,
+                deadline,
             )
-            assert [row["uniqueId"] for row in history.json()] == [device["uniqueId"]]
+            assert [row["uniqueId"] for row in history] == [device["uniqueId"]]
 
 
 async def _send_gt06(rastro: RastroUnderTest, imei: str, when: datetime) -> None:

@@ -33,6 +33,7 @@ ALL_FILES = [
     "003_motion_geofences_events",
     "004_h3_refresh",
     "005_notifications",
+    "006_stream_results",
 ]
 INSERT_FIX = """
 INSERT INTO fixes (device, fix_time, server_time, latitude, longitude, valid)
@@ -137,7 +138,7 @@ class TestMigrate:
         )
         await connection.close()
         assert half_done is None
-        assert versions == [1, 2, 3, 4, 5]
+        assert versions == list(range(1, len(ALL_FILES) + 1))
 
     async def test_migrate_badly_named_file_refused(self, tmp_path: Path) -> None:
         (tmp_path / "1_core.sql").write_text("SELECT 1;")
@@ -186,6 +187,7 @@ class TestMigrationPlan:
             "003_motion_geofences_events",
             "timescale/004_h3_refresh",
             "005_notifications",
+    "006_stream_results",
         ]
 
     def test_discover_duplicate_version_refused(self, tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """The whole streaming job on the local mini-cluster, against real Kafka, PG, Redis.
 
-One job serves the first class (the mini-cluster takes 10-20 s to start); the crash
-test runs its own two jobs.  Every test uses device ids unique to the run, because
-the session's Kafka topics and Redis are shared.
+One job serves the first two classes (the mini-cluster takes 10-20 s to start): the
+history and live feed of fixes, then what the ``geo`` steppers derive (trips, stops,
+idles, filter marks, daily summaries, geofence visits and events, late data),
+checked against geo's own batch functions on the same tracks.  The crash test runs
+its own two jobs.  Every test uses device ids unique to the run, because the
+session's Kafka topics and Redis are shared.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +26,39 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from geo.fixes import h3_cell, h3_hex
-from pipeline.model import Fix
+from geo.events import GeoEvent
+from geo.filtering import FilterSettings, filter_fixes
+from geo.fixes import FixPoint, h3_cell, h3_hex
+from geo.geofences import (
+    CircleFence,
+    DwellSettings,
+    Geofence,
+    GeofenceIndex,
+    run_membership,
+)
+from geo.summaries import summarise
+from geo.trips import Record, Trip, TripSettings, detect_trips
+from pipeline.kafka import EVENTS
+from pipeline.model import Event, Fix
+from pipeline.notify.messages import decode_event
 from pipeline.services.postgres import SystemPostgres, run_coroutine
+from pipeline.store.devices import create_device
+from pipeline.store.geofences import GeofenceDraft, create_geofence
+from pipeline.store.users import create_user
+from pipeline.stream.database import BlockingDatabase
+from pipeline.stream.history import HistoryReader
 from pipeline.stream.job import LIVE_TOPIC, POSITIONS_TOPIC, latest_checkpoint
 from pipeline.stream.latest import LATEST_KEY
-from tests.fixtures.flink import StreamJobs
+from tests.fixtures.flink import StreamJob, StreamJobs
+from tests.test_geo_geofences import around_edge, circle, destination
+from tests.test_geo_trips import LATITUDE, LONGITUDE, T0, Route, delivery_day
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.timeout(600)]
 
 WAIT_S = 150.0
 DAY_MS = 86_400_000
+#: The job's lateness in these tests (seconds): short, so that results come soon.
+LATENESS_S = 2
 
 
 def _fix(device: str, fix_time_ms: int, step: int, **changes: Any) -> Fix:
@@ -136,6 +161,7 @@ class Scenario:
     redis: str
     prefix: str
     times: dict[str, list[int]]
+    job: StreamJob
 
 
 ORDER = [3, 0, 7, 1, 9, 2, 8, 4, 6, 5]
@@ -155,15 +181,15 @@ def scenario(
     data = Path(tempfile.mkdtemp(prefix="rastro-test-stream-"))
     jobs = StreamJobs(kafka=stream_topics, redis=redis_url)
     try:
-        jobs.start(dsn, data)
-        yield _feed(dsn, stream_topics, redis_url)
+        job = jobs.start(dsn, data, "--lateness", str(LATENESS_S))
+        yield _feed(dsn, stream_topics, redis_url, job)
     finally:
         jobs.stop_all()
         shutil.rmtree(data, ignore_errors=True)
         postgres_server.drop_database(database)
 
 
-def _feed(dsn: str, kafka: str, redis_url: str) -> Scenario:
+def _feed(dsn: str, kafka: str, redis_url: str, job: StreamJob) -> Scenario:
     prefix = f"it-{uuid.uuid4().hex[:8]}-"
     truck, van = prefix + "truck", prefix + "van"
     base = int(time.time() * 1000) - 600_000
@@ -182,7 +208,7 @@ def _feed(dsn: str, kafka: str, redis_url: str) -> Scenario:
         truck: [base + step * 1000 for step in range(10)],
         van: [base + step * 1000 for step in range(3)],
     }
-    return Scenario(dsn, kafka, redis_url, prefix, times)
+    return Scenario(dsn, kafka, redis_url, prefix, times, job)
 
 
 class TestStreamJob:
@@ -262,6 +288,374 @@ def _iso(epoch_ms: int) -> str:
     return format_time_ms(epoch_ms)
 
 
+# --- what the steppers derive -------------------------------------------------------
+
+
+def _sent(fix: FixPoint) -> tuple[Fix, FixPoint]:
+    """The protobuf a device sends for ``fix``, and the fix as the job reads it back.
+
+    Speeds travel as 32-bit floats, so the expected results are computed from the
+    fix as received, exactly as the job sees it.
+    """
+    proto = Fix(
+        device=fix.device,
+        fix_time_ms=fix.time_ms,
+        server_time_ms=fix.server_time_ms,
+        latitude=fix.latitude,
+        longitude=fix.longitude,
+        valid=True,
+        protocol="osmand",
+    )
+    if fix.speed_kmh is not None:
+        proto.speed_kmh = fix.speed_kmh
+    for key, value in fix.attributes.items():
+        proto.attributes[key] = json.dumps(value)
+    speed = proto.speed_kmh if proto.HasField("speed_kmh") else None
+    return proto, replace(fix, speed_kmh=speed)
+
+
+def _send_track(kafka: str, fixes: Sequence[FixPoint]) -> list[FixPoint]:
+    pairs = [_sent(fix) for fix in fixes]
+    _send(kafka, [proto for proto, _ in pairs])
+    return [seen for _, seen in pairs]
+
+
+def _expected(
+    fixes: Sequence[FixPoint], fence: Geofence | None = None
+) -> tuple[list[Record], list[str | None], list[GeoEvent]]:
+    """geo's batch results for a track: records, filter reasons, geofence events."""
+    reasons, _ = filter_fixes(fixes, FilterSettings())
+    accepted = [f for f, r in zip(fixes, reasons, strict=True) if r is None]
+    found = detect_trips(accepted, TripSettings())
+    crossings: list[GeoEvent] = []
+    if fence is not None:
+        _, outputs = run_membership(accepted, GeofenceIndex([fence]), DwellSettings())
+        crossings = [o for o in outputs if isinstance(o, GeoEvent)]
+    records: list[Record] = [*found.trips, *found.stops, *found.idles]
+    return records, [None if r is None else r.value for r in reasons], crossings
+
+
+def _stored(dsn: str, device: str) -> list[Record]:
+    """The device's trips, stops and idles as the job stored them, read back."""
+    database = BlockingDatabase(dsn)
+    try:
+        return HistoryReader(database).records(device, 0, None)
+    finally:
+        database.close()
+
+
+def _shape(records: Sequence[Record]) -> list[tuple[object, ...]]:
+    """What must match exactly: kind, times, rounded measures."""
+    rows = []
+    for record in records:
+        row: tuple[object, ...] = (
+            type(record).__name__,
+            record.start_ms,
+            record.end_ms,
+        )
+        if isinstance(record, Trip):
+            row += (
+                round(record.distance_m, 3),
+                round(record.max_speed_kmh, 2),
+                record.max_speed_ms,
+                record.idle_s,
+            )
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r[1], str(r[0])))
+
+
+def _wait_until(
+    check: Callable[[], bool], what: str, timeout_s: float = WAIT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.5)
+
+
+def _events(dsn: str, device: str) -> list[asyncpg.Record]:
+    return _query(
+        dsn,
+        "SELECT type, (extract(epoch FROM event_time) * 1000)::bigint AS ms,"
+        " latitude, longitude, attributes::text AS attributes"
+        " FROM events WHERE device = $1 ORDER BY event_time, type",
+        device,
+    )
+
+
+def _published(bootstrap: str, prefix: str, settle_s: float = 3.0) -> list[Event]:
+    """Every event of our devices on the ``events`` topic, from the beginning."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}"}
+    )
+    try:
+        partitions = consumer.list_topics(EVENTS, timeout=30).topics[EVENTS]
+        consumer.assign([TopicPartition(EVENTS, p, 0) for p in partitions.partitions])
+        found: list[Event] = []
+        quiet_until = time.monotonic() + settle_s
+        while time.monotonic() < quiet_until:
+            for message in consumer.consume(1000, 0.2):
+                key = message.key() or b""
+                if message.error() is None and key.startswith(prefix.encode()):
+                    found.append(decode_event(message.value() or b""))
+                    quiet_until = time.monotonic() + settle_s
+        return found
+    finally:
+        consumer.close()
+
+
+async def _register(dsn: str, unique_id: str, depot: CircleFence) -> tuple[int, int]:
+    """A user, a device and a geofence assigned to it, through the store; ids."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        user = await create_user(pool, f"owner-{unique_id}", "secret-password")
+        device = await create_device(pool, user.id, unique_id, unique_id, {})
+        draft = GeofenceDraft(
+            name=depot.name,
+            kind="circle",
+            geometry={
+                "type": "Feature",
+                "geometry": depot.geometry(),
+                "properties": depot.extra_properties(),
+            },
+            speed_limit_kmh=None,
+            attributes={},
+            devices=(device.id,),
+        )
+        stored = await create_geofence(pool, user.id, None, draft)
+        return device.id, stored.id
+    finally:
+        await pool.close()
+
+
+EDGE_OFFSETS_M = [30.0, 10.0, -10.0, 5.0, -20.0, -50.0, -60.0, -60.0, 10.0, 30.0]
+EDGE_OFFSETS_M += [40.0, 50.0, 60.0]
+
+
+def _edge_track(device: str) -> list[FixPoint]:
+    """The geo tests' drive round a depot's edge: in, out once, 20 s apart."""
+    points = around_edge(circle(200.0), EDGE_OFFSETS_M)
+    return [
+        FixPoint(
+            device,
+            T0 + i * 20_000,
+            lat,
+            lon,
+            speed_kmh=20.0,
+            server_time_ms=T0 + i * 20_000 + 1_000,
+        )
+        for i, (lat, lon) in enumerate(points)
+    ]
+
+
+def _tunnel(device: str) -> tuple[list[FixPoint], list[FixPoint]]:
+    """The geo tests' tunnel: the whole track, and the burst sent late."""
+    route = Route(device=device).start().park(600).drive(600, 60)
+    before_tunnel = len(route.fixes)
+    route.drive(120, 30).park(420, ignition=True).drive(120, 30)
+    burst = route.fixes[before_tunnel:]
+    route.drive(600, 60).park(900).drive(600, 60).park(900)
+    return route.fixes, burst
+
+
+@dataclass
+class Motion:
+    """The motion devices fed to the shared job, as the job received them."""
+
+    dsn: str
+    kafka: str
+    prefix: str
+    van: list[FixPoint]
+    tunnel: list[FixPoint]
+    burst: list[FixPoint]
+    live_trips: int
+    edge: list[FixPoint]
+    geofence_id: int
+
+
+@pytest.fixture(scope="module")
+def motion(scenario: Scenario) -> Motion:
+    """A delivery day, a tunnel whose burst comes late, and a geofence created
+    through the store while the job runs, then driven through."""
+    prefix = f"mo-{uuid.uuid4().hex[:8]}-"
+    kafka, dsn = scenario.kafka, scenario.dsn
+    van = _send_track(kafka, delivery_day(Route(device=prefix + "van")).fixes)
+    tunnel, burst = _tunnel(prefix + "tunnel")
+    _send_track(kafka, [f for f in tunnel if f not in burst])
+
+    _, geofence_id = run_coroutine(
+        lambda: _register(dsn, prefix + "edge", circle(200.0))
+    )
+    _wait_until(
+        lambda: (
+            "geofences=1" in scenario.job.log_text()
+            and "devices=1" in scenario.job.log_text()
+        ),
+        "the job loads the new geofence and device",
+        timeout_s=30,
+    )
+    edge = _send_track(kafka, _edge_track(prefix + "edge"))
+
+    def live_trips() -> int:
+        return sum(isinstance(r, Trip) for r in _stored(dsn, prefix + "tunnel"))
+
+    _wait_until(lambda: live_trips() == 2, "the tunnel's live trips are stored")
+    tunnel = [_sent(f)[1] for f in tunnel]
+    burst = _send_track(kafka, burst)
+    return Motion(dsn, kafka, prefix, van, tunnel, burst, 2, edge, geofence_id)
+
+
+class TestStreamJobMotion:
+    def test_delivery_day_equals_geo_batch(self, motion: Motion) -> None:
+        """Trips, stops, idles and filter marks are what geo's batch run gives."""
+        device = motion.prefix + "van"
+        records, reasons, _ = _expected(motion.van)
+
+        def marks() -> list[tuple[int, str | None]]:
+            rows = _query(
+                motion.dsn,
+                "SELECT (extract(epoch FROM fix_time) * 1000)::bigint AS ms, filter"
+                " FROM fixes WHERE device = $1 ORDER BY fix_time",
+                device,
+            )
+            return [(row["ms"], row["filter"]) for row in rows]
+
+        wanted = [(f.time_ms, r) for f, r in zip(motion.van, reasons, strict=True)]
+        _wait_until(lambda: marks() == wanted, "the van's fixes are marked")
+
+        assert _shape(_stored(motion.dsn, device)) == _shape(records)
+        assert "stationary" in reasons
+        assert sum(isinstance(r, Trip) for r in records) == 3
+
+    def test_daily_summaries_equal_geo_summarise(self, motion: Motion) -> None:
+        device = motion.prefix + "van"
+        records, _, _ = _expected(motion.van)
+        expected = summarise(records, "UTC")
+        _wait_until(
+            lambda: len(_stored(motion.dsn, device)) == len(records),
+            "the van's records are stored",
+        )
+        time.sleep(1)
+
+        rows = _query(
+            motion.dsn,
+            "SELECT * FROM daily_summaries WHERE device = $1 ORDER BY day",
+            device,
+        )
+        assert [row["day"] for row in rows] == [s.day for s in expected]
+        for row, day in zip(rows, expected, strict=True):
+            assert row["time_zone"] == "UTC"
+            assert row["distance_m"] == pytest.approx(day.distance_m)
+            assert row["driving_s"] == day.driving_s
+            assert row["idle_s"] == day.idle_s
+            assert row["stopped_s"] == day.stopped_s
+            assert (row["trips"], row["stops"]) == (day.trips, day.stops)
+            assert row["max_speed_kmh"] == pytest.approx(day.max_speed_kmh)
+
+    def test_silent_van_goes_offline_once(self, motion: Motion) -> None:
+        """Live devices moved the watermark past the van's due time: once the van
+        stopped sending, it is offline, dated its offline delay after its last
+        accepted fix, in the table and on the ``events`` topic."""
+        device = motion.prefix + "van"
+        _, reasons, _ = _expected(motion.van)
+        last = max(f.time_ms for f, r in zip(motion.van, reasons, strict=True) if not r)
+
+        def offline() -> list[asyncpg.Record]:
+            return [
+                e for e in _events(motion.dsn, device) if e["type"] == "deviceOffline"
+            ]
+
+        _wait_until(lambda: bool(offline()), "the van's offline event")
+        published = [
+            e for e in _published(motion.kafka, device) if e.type == "deviceOffline"
+        ]
+
+        assert [e["ms"] for e in offline()] == [last + 600_000]
+        assert [e.event_time_ms for e in published] == [last + 600_000]
+        ignitions = [
+            e for e in _events(motion.dsn, device) if e["type"] == "ignitionOn"
+        ]
+        assert len(ignitions) == 3
+
+    def test_geofence_made_while_running_enters_and_exits(self, motion: Motion) -> None:
+        device = motion.prefix + "edge"
+        fence = str(motion.geofence_id)
+        depot = replace(circle(200.0), id=fence, name="Depot")
+        _, _, crossings = _expected(motion.edge, depot)
+
+        def stored() -> list[asyncpg.Record]:
+            return [
+                e
+                for e in _events(motion.dsn, device)
+                if e["type"].startswith("geofence")
+            ]
+
+        _wait_until(lambda: len(stored()) == 2, "the enter and exit events")
+        published = [
+            e for e in _published(motion.kafka, device) if e.type.startswith("geofence")
+        ]
+        visits = _query(
+            motion.dsn,
+            "SELECT geofence_id,"
+            " (extract(epoch FROM enter_time) * 1000)::bigint AS enter,"
+            " (extract(epoch FROM exit_time) * 1000)::bigint AS exit, duration_s"
+            " FROM geofence_visits WHERE device = $1",
+            device,
+        )
+
+        assert [e.type for e in crossings] == ["geofenceEnter", "geofenceExit"]
+        assert [(e["type"], e["ms"]) for e in stored()] == [
+            (e.type, e.time_ms) for e in crossings
+        ]
+        assert [json.loads(e["attributes"]) for e in stored()] == [
+            dict(e.attributes) for e in crossings
+        ]
+        assert [(e.type, e.event_time_ms) for e in published] == [
+            (e.type, e.time_ms) for e in crossings
+        ]
+        enter, exit_ = crossings
+        assert [tuple(v) for v in visits] == [
+            (
+                motion.geofence_id,
+                enter.time_ms,
+                exit_.time_ms,
+                exit_.attributes["duration_s"],
+            )
+        ]
+
+    def test_late_burst_recomputed_like_a_full_run(self, motion: Motion) -> None:
+        """The tunnel's burst comes after the rest: it is in history at once, and
+        once recomputed the stored records are those of a full batch run."""
+        device = motion.prefix + "tunnel"
+        records, reasons, _ = _expected(motion.tunnel)
+
+        def requests() -> int:
+            rows = _query(
+                motion.dsn,
+                "SELECT count(*) FROM recompute_requests WHERE device = $1",
+                device,
+            )
+            return int(rows[0][0])
+
+        _wait_until(
+            lambda: _shape(_stored(motion.dsn, device)) == _shape(records),
+            "the recomputed tunnel records",
+        )
+        _wait_until(lambda: requests() == 0, "the recompute requests are done")
+        marks = _query(
+            motion.dsn,
+            "SELECT (extract(epoch FROM fix_time) * 1000)::bigint AS ms, filter"
+            " FROM fixes WHERE device = $1 ORDER BY fix_time",
+            device,
+        )
+
+        assert motion.live_trips == 2
+        assert sum(isinstance(r, Trip) for r in records) == 3
+        assert [(row["ms"], row["filter"]) for row in marks] == [
+            (f.time_ms, r) for f, r in zip(motion.tunnel, reasons, strict=True)
+        ]
+
+
 CRASH_DEVICES = 20
 CRASH_BATCH = 1000
 
@@ -277,30 +671,74 @@ def _batch(prefix: str, start: int, count: int) -> list[Fix]:
     return fixes
 
 
+def _crossings(dsn: str, device: str) -> list[str]:
+    return [e["type"] for e in _events(dsn, device) if e["type"].startswith("geofence")]
+
+
+def _crash_van(device: str) -> tuple[Route, CircleFence]:
+    """A van that parks, then drives east through a depot 1.5 km away."""
+    base = int(time.time() * 1000) - DAY_MS
+    route = Route(device=device, time_ms=base).start().park(300)
+    latitude, longitude = destination(LATITUDE, LONGITUDE, 90.0, 1_500.0)
+    depot = CircleFence(
+        id="depot", name="Depot", latitude=latitude, longitude=longitude, radius_m=400.0
+    )
+    return route, depot
+
+
 class TestStreamJobCrash:
     def test_stream_job_crash_loses_and_repeats_nothing(
         self, stream_jobs: StreamJobs, postgres_dsn: str, tmp_path: Path
     ) -> None:
-        """SIGKILL mid-stream, restart: every valid fix is in the history once."""
+        """SIGKILL mid-stream, restart: every valid fix is in the history once.
+
+        A van is killed with the job in the middle of a trip and inside a
+        geofence; after the restart it leaves the geofence and parks: one trip,
+        one geofenceEnter and one geofenceExit, each as geo's batch run has them.
+        """
         prefix = f"crash-{uuid.uuid4().hex[:8]}-"
         first, second, third = (
             _batch(prefix, n * CRASH_BATCH, CRASH_BATCH) for n in range(3)
         )
         data = tmp_path / "data"
+        van = f"crashvan-{uuid.uuid4().hex[:8]}"
+        route, depot = _crash_van(van)
+        _, fence_id = run_coroutine(lambda: _register(postgres_dsn, van, depot))
+        depot = replace(depot, id=str(fence_id))
 
-        job = stream_jobs.start(postgres_dsn, data)
+        job = stream_jobs.start(postgres_dsn, data, "--lateness", str(LATENESS_S))
+        seen = _send_track(stream_jobs.kafka, route.drive(120, 40).fixes)
         _send(stream_jobs.kafka, first)
         assert _wait_rows(postgres_dsn, prefix, CRASH_BATCH) == CRASH_BATCH
+        _wait_until(
+            lambda: _crossings(postgres_dsn, van) == ["geofenceEnter"],
+            "the van enters the depot",
+        )
         _wait_checkpoint(data / "checkpoints", after=time.time())
+        sent = len(route.fixes)
+        seen += _send_track(stream_jobs.kafka, route.drive(30, 40).fixes[sent:])
         _send(stream_jobs.kafka, second + random.sample(first, 100))
         job.kill()
 
-        restarted = stream_jobs.start(postgres_dsn, data)
+        restarted = stream_jobs.start(postgres_dsn, data, "--lateness", str(LATENESS_S))
+        sent = len(route.fixes)
+        seen += _send_track(
+            stream_jobs.kafka, route.drive(300, 40).park(600).fixes[sent:]
+        )
         _send(stream_jobs.kafka, third)
 
         total = 3 * CRASH_BATCH
         assert _wait_rows(postgres_dsn, prefix, total) == total
         assert "stream_job_resuming" in restarted.log_text()
+        records, _, crossings = _expected(seen, depot)
+        trips = [r for r in records if isinstance(r, Trip)]
+        _wait_until(
+            lambda: (
+                _shape([r for r in _stored(postgres_dsn, van) if isinstance(r, Trip)])
+                == _shape(trips)
+            ),
+            "the van's trip is stored",
+        )
         time.sleep(3)
         rows = _query(
             postgres_dsn,
@@ -312,6 +750,25 @@ class TestStreamJobCrash:
         newest = {fix.device: fix for fix in third}
         for device, fix in newest.items():
             assert _latest(stream_jobs.redis, device)["time"] == _iso(fix.fix_time_ms)
+
+        assert len(trips) == 1
+        assert _shape(_stored(postgres_dsn, van)) == _shape(records)
+        assert [(e.type, e.time_ms) for e in crossings] == [
+            ("geofenceEnter", crossings[0].time_ms),
+            ("geofenceExit", crossings[1].time_ms),
+        ]
+        stored = [
+            (e["type"], e["ms"])
+            for e in _events(postgres_dsn, van)
+            if e["type"].startswith("geofence")
+        ]
+        assert stored == [(e.type, e.time_ms) for e in crossings]
+        published = [
+            (e.type, e.event_time_ms)
+            for e in _published(stream_jobs.kafka, van)
+            if e.type.startswith("geofence")
+        ]
+        assert published == stored
 
 
 def _wait_checkpoint(checkpoints: Path, *, after: float) -> None:

@@ -24,7 +24,9 @@ REQUIRED = [
 
 class TestJobCommand:
     def test_job_command_runs_this_module(self, tmp_path: Path) -> None:
-        settings = Settings(data=tmp_path, h3_resolution=8, checkpoint_interval=5)
+        settings = Settings(
+            data=tmp_path, h3_resolution=8, checkpoint_interval=5, lateness=4.5
+        )
 
         argv = job_command(settings, "k:1", "postgresql://h/db", "redis://r:2/0")
 
@@ -33,6 +35,7 @@ class TestJobCommand:
         assert argv[argv.index("--data") + 1] == str(tmp_path.resolve())
         assert argv[argv.index("--h3-resolution") + 1] == "8"
         assert argv[argv.index("--checkpoint-interval") + 1] == "5"
+        assert argv[argv.index("--lateness") + 1] == "4.5"
         assert "--flink" not in argv
 
     def test_job_command_remote_flink(self, tmp_path: Path) -> None:
@@ -51,6 +54,7 @@ class TestJobCommand:
         assert options.kafka == "k:1"
         assert options.h3_resolution == 9
         assert options.checkpoint_interval == 10
+        assert options.lateness == 10.0
         assert options.data == tmp_path.resolve()
         assert not options.from_beginning
 
@@ -63,6 +67,10 @@ class TestParseArgs:
     def test_parse_args_bad_parallelism(self) -> None:
         with pytest.raises(SettingError, match="parallelism must be at least 1"):
             _parse_args([*REQUIRED, "--parallelism", "0"])
+
+    def test_parse_args_bad_lateness(self) -> None:
+        with pytest.raises(SettingError, match="lateness must be 0 seconds or more"):
+            _parse_args([*REQUIRED, "--lateness", "-1"])
 
     def test_parse_args_bad_checkpoint_interval(self) -> None:
         with pytest.raises(SettingError, match="checkpoint_interval must be at least"):

@@ -1,12 +1,14 @@
 """The Python functions of the streaming job: decode and check, then per-device state.
 
-Both are thin: the decisions live in :mod:`pipeline.stream.records`.  They run in
-Flink's thread mode, inside the TaskManager's JVM, so they must be picklable and
-open their connections in :meth:`open`.
+Both are thin: the decisions live in :mod:`pipeline.stream.records` and
+:mod:`pipeline.stream.motion`.  They run in Flink's thread mode, inside the
+TaskManager's JVM, so they must be picklable and open their connections in
+:meth:`open`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,9 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
     FlatMapFunction,
     KeyedProcessFunction,
+    OutputTag,
     RuntimeContext,
+    TimeDomain,
 )
 from pyflink.datastream.state import (
     MapStateDescriptor,
@@ -27,7 +31,11 @@ from pyflink.datastream.state import (
 )
 
 from geo.fixes import Rejection
+from pipeline.stream.catalog import Catalog
+from pipeline.stream.database import BlockingDatabase
+from pipeline.stream.history import HistoryReader
 from pipeline.stream.latest import LatestStore
+from pipeline.stream.motion import DeviceMotion, MotionState, Outputs
 from pipeline.stream.records import (
     FIELD_NAMES,
     MALFORMED,
@@ -36,6 +44,8 @@ from pipeline.stream.records import (
     judge,
     position_signature,
 )
+from pipeline.stream.results import side_outputs
+from pipeline.stream.snapshot import freeze, thaw
 
 __all__ = [
     "DEDUP_TTL_HOURS",
@@ -49,6 +59,15 @@ log = structlog.get_logger("rastro.stream")
 
 #: The longest a device's newest fix waits before it is written to Redis.
 LATEST_FLUSH_MS = 200
+
+#: Timers are registered on whole steps of these, so that a steady stream of fixes
+#: does not register one timer per fix.
+EVENT_TIMER_STEP_MS = 1000
+WALL_TIMER_STEP_MS = 100
+
+#: Devices whose thawed motion state each instance keeps at hand (the state is
+#: still written to Flink with every change; this only saves reading it back).
+STATE_CACHE_DEVICES = 20_000
 
 #: How long a device remembers the fixes it accepted, to drop exact repeats.
 #: Trackers resend their unacknowledged buffer after a reconnect, within minutes.
@@ -113,19 +132,30 @@ class FixTime(TimestampAssigner):  # type: ignore[misc]
 
 
 class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
-    """Per device: drop exact repeats, advance the latest fix in Redis (batched).
+    """Per device: drop exact repeats, latest to Redis, then trips, geofences, alerts.
 
-    State: the newest accepted fix time, and the position accepted at each recent
-    fix time (kept :data:`DEDUP_TTL_HOURS`).  Both are checkpointed, so after a
-    restore a replayed fix is recognised as already seen.
+    The main output is every fix that is not a repeat, at once (history and the
+    live feed).  The same fix then goes to :class:`~pipeline.stream.motion.
+    DeviceMotion`, which puts it in fix-time order and runs the ``geo`` steppers;
+    what they produce leaves on the side outputs of :mod:`pipeline.stream.results`.
+
+    State: the newest accepted fix time and the position accepted at each recent
+    fix time (kept :data:`DEDUP_TTL_HOURS`), and the pickled
+    :class:`~pipeline.stream.motion.MotionState`.  All of it is checkpointed, so
+    after a restore a replayed fix is recognised as already seen and the steppers
+    resume where the checkpoint left them.
     """
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, postgres_dsn: str, lateness_ms: int) -> None:
         self._redis_url = redis_url
+        self._postgres_dsn = postgres_dsn
+        self._lateness_ms = lateness_ms
         self._store: LatestStore | None = None
+        self._database: BlockingDatabase | None = None
+        self._states: OrderedDict[str, MotionState] = OrderedDict()
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """Declare the state and connect to Redis."""
+        """Declare the state, connect to Redis and load the fleet's catalog."""
         self._latest = runtime_context.get_state(
             ValueStateDescriptor("latest_fix_time_ms", Types.LONG())
         )
@@ -134,20 +164,35 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             StateTtlConfig.new_builder(Time.hours(DEDUP_TTL_HOURS)).build()
         )
         self._seen = runtime_context.get_map_state(seen)
+        self._motion = runtime_context.get_state(
+            ValueStateDescriptor("motion", Types.PICKLED_BYTE_ARRAY())
+        )
         self._duplicates = runtime_context.get_metrics_group().counter(
             "fixes_duplicate"
         )
         self._store = LatestStore(self._redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
 
+        self._database = BlockingDatabase(self._postgres_dsn)
+        self._catalog = Catalog(self._database)
+        self._catalog.refresh(force=True)
+        self._engine = DeviceMotion(
+            self._catalog, HistoryReader(self._database), self._lateness_ms
+        )
+
     def close(self) -> None:
-        """Close the Redis connection."""
+        """Close the Redis and PostgreSQL connections."""
         if self._store is not None:
             self._store.close()
+        if self._database is not None:
+            self._database.close()
 
     def process_element(
         self, value: Row, ctx: KeyedProcessFunction.Context
-    ) -> Iterator[Row]:
-        """Pass a fix on unless it repeats one; store it in Redis if newest."""
+    ) -> Iterator[Row | tuple[OutputTag, Row]]:
+        """Pass a fix on unless it repeats one; store it in Redis if newest.
+
+        Then hand it to the steppers and emit what they produced.
+        """
         fix_time_ms = value[1]
         signature = position_signature(value[3], value[4])
         verdict = judge(
@@ -166,13 +211,80 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             self._offer_latest(value[0], fix_time_ms, value[14], ctx)
         yield value
 
+        self._catalog.refresh()
+        state = self._load(value[0])
+        assert state is not None
+        out = Outputs()
+        wall_ms = ctx.timer_service().current_processing_time()
+        self._engine.receive(state, tuple(value[:14]), wall_ms, out)
+        self._schedule(state, ctx)
+        self._motion.update(freeze(state))
+        yield from side_outputs(out, wall_ms)
+
     def on_timer(
         self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
-    ) -> Iterator[Row]:
-        """Write the latest fixes still pending when traffic paused."""
+    ) -> Iterator[tuple[OutputTag, Row]]:
+        """Flush pending latest fixes; run the steppers' timers when theirs."""
         assert self._store is not None
         self._store.flush()
-        return iter(())
+
+        state = self._load(ctx.get_current_key(), create=False)
+        if state is None:
+            return
+        out = Outputs()
+        event_time = ctx.time_domain() == TimeDomain.EVENT_TIME
+        wall_ms = ctx.timer_service().current_processing_time()
+        if event_time and state.event_timer_ms == timestamp:
+            state.event_timer_ms = None
+            self._catalog.refresh()
+            self._engine.fire(state, timestamp, wall_ms, out)
+        elif not event_time and state.wall_timer_ms is not None:
+            if timestamp < state.wall_timer_ms:
+                return
+            state.wall_timer_ms = None
+            self._catalog.refresh()
+            watermark = _watermark(ctx)
+            self._engine.wake(state, timestamp, out, watermark)
+        else:
+            return
+        self._schedule(state, ctx)
+        self._motion.update(freeze(state))
+        yield from side_outputs(out, wall_ms)
+
+    def _load(self, device: str, *, create: bool = True) -> MotionState | None:
+        """The device's state: the cached copy, else thawed from Flink's state.
+
+        ``None`` when it has none (and ``create`` is off); a state another layout
+        wrote starts afresh.
+        """
+        state = self._states.pop(device, None)
+        if state is None:
+            frozen = self._motion.value()
+            if frozen is None and not create:
+                return None
+            state = (thaw(frozen) if frozen is not None else None) or MotionState()
+            if len(self._states) >= STATE_CACHE_DEVICES:
+                self._states.popitem(last=False)
+        self._states[device] = state
+        return state
+
+    def _schedule(self, state: MotionState, ctx: KeyedProcessFunction.Context) -> None:
+        """Register the next event-time and wall timers, unless earlier ones wait."""
+        service = ctx.timer_service()
+        watermark = _watermark(ctx)
+        due, wake = self._engine.timers(state, watermark)
+        if due is not None and (watermark is None or due > watermark):
+            # One the watermark already passed is the wall timer's to fire.
+            due = _step_up(due, EVENT_TIMER_STEP_MS)
+            if state.event_timer_ms is None or due < state.event_timer_ms:
+                service.register_event_time_timer(due)
+                state.event_timer_ms = due
+
+        if wake is not None:
+            wake = _step_up(wake, WALL_TIMER_STEP_MS)
+            if state.wall_timer_ms is None or wake < state.wall_timer_ms:
+                service.register_processing_time_timer(wake)
+                state.wall_timer_ms = wake
 
     def _offer_latest(
         self,
@@ -189,3 +301,14 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             service = ctx.timer_service()
             due = service.current_processing_time() + LATEST_FLUSH_MS
             service.register_processing_time_timer(due)
+
+
+def _watermark(ctx: KeyedProcessFunction.Context) -> int | None:
+    """The operator's current watermark, ``None`` before the first one."""
+    watermark = int(ctx.timer_service().current_watermark())
+    return watermark if watermark > 0 else None
+
+
+def _step_up(epoch_ms: int, step_ms: int) -> int:
+    """The first multiple of ``step_ms`` at or after ``epoch_ms``."""
+    return -(-epoch_ms // step_ms) * step_ms

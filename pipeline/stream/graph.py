@@ -4,6 +4,14 @@ Kept apart from the entry point so that importing :func:`job_command` (the
 supervisor does) does not start loading PyFlink.  Kafka and JDBC are declared as
 SQL tables, so their parsing and batching run in the JVM; only the decode/check and
 the per-device state are Python.
+
+The device operator's side outputs (:mod:`pipeline.stream.results`) each feed a
+JDBC upsert sink: filter marks into ``fixes``, then ``trips``, ``stops``,
+``idles``, ``geofence_visits``, ``events``, ``daily_summaries``,
+``device_counters`` and ``recompute_requests``; events also go to the ``events``
+topic.  The JDBC sinks flush at every checkpoint, so what the operator emitted
+before a checkpoint is stored when it completes; everything is keyed, so what a
+restore replays is written again, not twice.
 """
 
 from __future__ import annotations
@@ -13,17 +21,17 @@ from pathlib import Path
 
 import structlog
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.table import StreamTableEnvironment
+from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment, Table
 
 from pipeline.jars import ensure_jars
+from pipeline.kafka import EVENTS
+from pipeline.stream import results
 from pipeline.stream.functions import AcceptFixes, DeviceState, FixTime, fix_row_type
 from pipeline.stream.job import (
     CONSUMER_GROUP,
-    IDLE_PARTITION_SECONDS,
     JOB_NAME,
     LIVE_TOPIC,
-    OUT_OF_ORDERNESS_SECONDS,
     POSITIONS_TOPIC,
     JobOptions,
     jdbc_target,
@@ -81,6 +89,9 @@ def flink_configuration(options: JobOptions) -> Configuration:
     )
     config.set_string("execution.checkpointing.num-retained", "2")
     config.set_string("table.local-time-zone", "UTC")
+    # The sinks' primary keys are the records' identities; the operator already
+    # emits each key's changes in order, so no materialising state is needed.
+    config.set_string("table.exec.sink.upsert-materialize", "NONE")
 
     resume = latest_checkpoint(checkpoints)
     if resume is not None:
@@ -105,39 +116,64 @@ def build_job(options: JobOptions) -> StreamExecutionEnvironment:
     tables.execute_sql(_positions_ddl(options))
     tables.execute_sql(_fixes_ddl(options))
     tables.execute_sql(_live_ddl(options))
+    for name, table, columns, key in _RESULT_SINKS:
+        tables.execute_sql(_jdbc_ddl(options, name, table, columns, key))
+    tables.execute_sql(_events_topic_ddl(options))
 
     payloads = tables.to_data_stream(tables.from_path("positions"))
     accepted = (
         payloads.flat_map(AcceptFixes(options.h3_resolution), fix_row_type())
         .name("accept_fixes")
         .uid("accept-fixes")
-        .assign_timestamps_and_watermarks(_watermarks())
+        .assign_timestamps_and_watermarks(_watermarks(options))
         .name("fix_time_watermarks")
         .uid("fix-time-watermarks")
     )
+    lateness_ms = round(options.lateness * 1000)
     kept = (
         accepted.key_by(lambda row: row[0], key_type=Types.STRING())
-        .process(DeviceState(options.redis), fix_row_type())
+        .process(
+            DeviceState(options.redis, options.postgres, lateness_ms), fix_row_type()
+        )
         .name("device_state")
         .uid("device-state")
     )
     tables.create_temporary_view("accepted", tables.from_data_stream(kept))
+    for view, tag, changelog in _SIDE_OUTPUTS:
+        table = _side_table(tables, kept, tag, changelog=changelog)
+        tables.create_temporary_view(view, table)
 
     statements = tables.create_statement_set()
-    statements.add_insert_sql(_INSERT_FIXES)
-    statements.add_insert_sql(_INSERT_LIVE)
+    for statement in (_INSERT_FIXES, _INSERT_LIVE, *_INSERT_RESULTS):
+        statements.add_insert_sql(statement)
     statements.attach_as_datastream()
     return env
 
 
-def _watermarks() -> WatermarkStrategy:
-    return (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_seconds(OUT_OF_ORDERNESS_SECONDS)
-        )
-        .with_timestamp_assigner(FixTime())
-        .with_idleness(Duration.of_seconds(IDLE_PARTITION_SECONDS))
-    )
+def _side_table(
+    tables: StreamTableEnvironment,
+    stream: DataStream,
+    tag: OutputTag,
+    *,
+    changelog: bool,
+) -> Table:
+    side = stream.get_side_output(tag)
+    if changelog:
+        return tables.from_changelog_stream(side)
+    return tables.from_data_stream(side)
+
+
+def _watermarks(options: JobOptions) -> WatermarkStrategy:
+    """Fix time, bounded out of order by the lateness.
+
+    No ``with_idleness``: with PyFlink 2.2.1's Python timestamp assigner it stops
+    the watermark from ever advancing (checked: event-time timers then fire only at
+    the end of input).  A source subtask without data holds the watermark back
+    instead, and the device operator's wall-clock fallback fires its timers.
+    """
+    return WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(round(options.lateness * 1000))
+    ).with_timestamp_assigner(FixTime())
 
 
 def _sql_string(value: str) -> str:
@@ -192,6 +228,42 @@ def _fixes_ddl(options: JobOptions) -> str:
     """
 
 
+def _jdbc_ddl(
+    options: JobOptions, name: str, table: str, columns: str, key: str
+) -> str:
+    target = jdbc_target(options.postgres)
+    return f"""
+        CREATE TEMPORARY TABLE {name} (
+            {columns},
+            PRIMARY KEY ({key}) NOT ENFORCED
+        ) WITH (
+            'connector' = 'jdbc',
+            'url' = {_sql_string(target.url)},
+            'table-name' = '{table}',
+            'username' = {_sql_string(target.username)},
+            'password' = {_sql_string(target.password)},
+            'sink.buffer-flush.max-rows' = '{JDBC_BATCH_ROWS}',
+            'sink.buffer-flush.interval' = '{JDBC_BATCH_INTERVAL}',
+            'sink.max-retries' = '5'
+        )
+    """
+
+
+def _events_topic_ddl(options: JobOptions) -> str:
+    return f"""
+        CREATE TEMPORARY TABLE events_topic (device_key BYTES, payload BYTES) WITH (
+            'connector' = 'kafka',
+            'topic' = '{EVENTS}',
+            'properties.bootstrap.servers' = {_sql_string(options.kafka)},
+            'key.format' = 'raw',
+            'key.fields' = 'device_key',
+            'value.format' = 'raw',
+            'value.fields-include' = 'EXCEPT_KEY',
+            'sink.delivery-guarantee' = 'at-least-once'
+        )
+    """
+
+
 def _live_ddl(options: JobOptions) -> str:
     return f"""
         CREATE TEMPORARY TABLE live_sink (device_key BYTES, payload BYTES) WITH (
@@ -229,3 +301,139 @@ _INSERT_LIVE = """
     INSERT INTO live_sink
     SELECT ENCODE(device, 'UTF-8'), payload FROM accepted
 """
+
+_FIX_COLUMNS = """
+    device STRING, fix_time STRING, server_time STRING, latitude DOUBLE,
+    longitude DOUBLE, altitude FLOAT, accuracy FLOAT, h3 BIGINT, speed FLOAT,
+    course FLOAT, satellites INT, valid BOOLEAN, protocol STRING, attributes STRING
+"""
+_PERIOD_COLUMNS = """
+    device STRING, start_time STRING, end_time STRING, latitude DOUBLE,
+    longitude DOUBLE, duration_s DOUBLE
+"""
+
+#: The JDBC sinks of the side outputs: name, table, columns, primary key.
+_RESULT_SINKS = (
+    ("marks_sink", "fixes", _FIX_COLUMNS + ", `filter` STRING", "device, fix_time"),
+    (
+        "trips_sink",
+        "trips",
+        """device STRING, start_time STRING, end_time STRING,
+        start_latitude DOUBLE, start_longitude DOUBLE, end_latitude DOUBLE,
+        end_longitude DOUBLE, distance_m DOUBLE, duration_s DOUBLE,
+        max_speed_kmh DOUBLE, max_speed_time STRING, avg_speed_kmh DOUBLE,
+        idle_s DOUBLE, start_odometer_m DOUBLE, end_odometer_m DOUBLE""",
+        "device, start_time",
+    ),
+    ("stops_sink", "stops", _PERIOD_COLUMNS, "device, start_time"),
+    ("idles_sink", "idles", _PERIOD_COLUMNS, "device, start_time"),
+    (
+        "visits_sink",
+        "geofence_visits",
+        """device STRING, geofence_id BIGINT, enter_time STRING, exit_time STRING,
+        duration_s DOUBLE""",
+        "device, geofence_id, enter_time",
+    ),
+    (
+        "events_sink",
+        "events",
+        """device STRING, `type` STRING, event_time STRING, latitude DOUBLE,
+        longitude DOUBLE, attributes STRING""",
+        "device, `type`, event_time",
+    ),
+    (
+        "summaries_sink",
+        "daily_summaries",
+        """device STRING, time_zone STRING, `day` STRING, distance_m DOUBLE,
+        driving_s DOUBLE, idle_s DOUBLE, stopped_s DOUBLE, trips INT, stops INT,
+        max_speed_kmh DOUBLE, updated_at STRING""",
+        "device, time_zone, `day`",
+    ),
+    (
+        "counters_sink",
+        "device_counters",
+        """device STRING, odometer_m DOUBLE, engine_s DOUBLE, source STRING,
+        updated_at STRING""",
+        "device",
+    ),
+    (
+        "requests_sink",
+        "recompute_requests",
+        "device STRING, fix_time STRING, requested_at STRING",
+        "device, fix_time",
+    ),
+)
+
+#: The side outputs as views: name, tag, whether it carries deletions.
+_SIDE_OUTPUTS = (
+    ("marks", results.MARKS, False),
+    ("trips", results.TRIPS, True),
+    ("stops", results.STOPS, True),
+    ("idles", results.IDLES, True),
+    ("visits", results.VISITS, False),
+    ("events", results.EVENTS, False),
+    ("summaries", results.SUMMARIES, True),
+    ("counters", results.COUNTERS, False),
+    ("requests", results.REQUESTS, True),
+)
+
+_PERIOD_SELECT = """
+    SELECT device, {start}, {end}, latitude, longitude, duration_s FROM {view}
+"""
+
+_INSERT_RESULTS = (
+    """
+    INSERT INTO marks_sink
+    SELECT device, {fix_time}, {server_time}, latitude, longitude, altitude,
+           accuracy, h3, speed, course, satellites, valid, protocol, attributes,
+           `filter`
+    FROM marks
+    """.format(
+        fix_time=_utc_text("fix_time_ms"), server_time=_utc_text("server_time_ms")
+    ),
+    """
+    INSERT INTO trips_sink
+    SELECT device, {start}, {end}, start_latitude, start_longitude, end_latitude,
+           end_longitude, distance_m, duration_s, max_speed_kmh, {top},
+           avg_speed_kmh, idle_s, start_odometer_m, end_odometer_m
+    FROM trips
+    """.format(
+        start=_utc_text("start_ms"),
+        end=_utc_text("end_ms"),
+        top=_utc_text("max_speed_ms"),
+    ),
+    "INSERT INTO stops_sink"
+    + _PERIOD_SELECT.format(
+        start=_utc_text("start_ms"), end=_utc_text("end_ms"), view="stops"
+    ),
+    "INSERT INTO idles_sink"
+    + _PERIOD_SELECT.format(
+        start=_utc_text("start_ms"), end=_utc_text("end_ms"), view="idles"
+    ),
+    """
+    INSERT INTO visits_sink
+    SELECT device, geofence_id, {enter}, {exit}, duration_s FROM visits
+    """.format(enter=_utc_text("enter_ms"), exit=_utc_text("exit_ms")),
+    """
+    INSERT INTO events_sink
+    SELECT device, `type`, {time}, latitude, longitude, attributes FROM events
+    """.format(time=_utc_text("event_time_ms")),
+    """
+    INSERT INTO events_topic
+    SELECT ENCODE(device, 'UTF-8'), payload FROM events WHERE publish
+    """,
+    """
+    INSERT INTO summaries_sink
+    SELECT device, time_zone, `day`, distance_m, driving_s, idle_s, stopped_s, trips,
+           stops, max_speed_kmh, {now}
+    FROM summaries
+    """.format(now=_utc_text("UNIX_TIMESTAMP() * 1000")),
+    """
+    INSERT INTO counters_sink
+    SELECT device, odometer_m, engine_s, source, {updated} FROM counters
+    """.format(updated=_utc_text("updated_ms")),
+    """
+    INSERT INTO requests_sink
+    SELECT device, {fix_time}, {requested} FROM requests
+    """.format(fix_time=_utc_text("fix_time_ms"), requested=_utc_text("requested_ms")),
+)

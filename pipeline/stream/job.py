@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -60,10 +61,6 @@ LIVE_TOPIC = "live"
 CONSUMER_GROUP = "rastro-stream"
 JOB_NAME = "rastro-stream"
 
-#: Fixes may arrive this late relative to the newest one before the watermark passes.
-OUT_OF_ORDERNESS_SECONDS = 30
-#: A Kafka partition with nothing new for this long does not hold the watermark back.
-IDLE_PARTITION_SECONDS = 30
 #: How long a submitted job may take to have its tasks scheduled.
 RUNNING_TIMEOUT_S = 300.0
 _ENDED = frozenset({"FAILED", "CANCELED", "FINISHED", "SUSPENDED"})
@@ -81,6 +78,7 @@ class JobOptions:
     h3_resolution: int = 9
     parallelism: int = 1
     checkpoint_interval: int = 10
+    lateness: float = 10.0
     from_beginning: bool = False
 
 
@@ -102,6 +100,8 @@ def job_command(settings: Settings, kafka: str, postgres: str, redis: str) -> li
         str(settings.h3_resolution),
         "--checkpoint-interval",
         str(settings.checkpoint_interval),
+        "--lateness",
+        str(settings.lateness),
     ]
     if settings.flink:
         argv += ["--flink", settings.flink]
@@ -180,6 +180,12 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         help="seconds between checkpoints",
     )
     parser.add_argument(
+        "--lateness",
+        type=float,
+        default=defaults.lateness,
+        help="seconds a fix may come out of order and still be used in order",
+    )
+    parser.add_argument(
         "--from-beginning",
         action="store_true",
         help="read positions from the earliest offset, ignoring committed ones",
@@ -194,6 +200,7 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         h3_resolution=args.h3_resolution,
         parallelism=args.parallelism,
         checkpoint_interval=args.checkpoint_interval,
+        lateness=args.lateness,
         from_beginning=args.from_beginning,
     )
     _check(options)
@@ -212,6 +219,9 @@ def _check(options: JobOptions) -> None:
             "checkpoint_interval must be at least 1 second, "
             f"got {options.checkpoint_interval!r}"
         )
+        raise SettingError(message)
+    if not (options.lateness >= 0 and math.isfinite(options.lateness)):
+        message = f"lateness must be 0 seconds or more, got {options.lateness!r}"
         raise SettingError(message)
     jdbc_target(options.postgres)
 
