@@ -62,6 +62,8 @@ class ChildProcess:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes]
+    #: Environment entries beyond the supervisor's own (addresses with secrets).
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
     restarts: int = 0
 
 
@@ -440,11 +442,12 @@ def _install_signal_handlers(shutdown: asyncio.Event) -> None:
 def _spawn_stream_job(
     settings: Settings, addresses: Addresses, running: RunningRastro
 ) -> None:
-    from pipeline.stream.job import job_command, running_marker
+    from pipeline.stream.job import job_command, job_environment, running_marker
 
     running_marker(settings.data.resolve()).unlink(missing_ok=True)
-    argv = job_command(settings, addresses.kafka, addresses.postgres, addresses.redis)
-    _spawn(running, "stream-job", argv, settings.data.resolve() / "logs")
+    argv = job_command(settings, addresses.kafka)
+    secrets = job_environment(addresses.postgres, addresses.redis)
+    _spawn(running, "stream-job", argv, settings.data.resolve() / "logs", secrets)
 
 
 def _spawn_dashboard(settings: Settings, api_url: str, running: RunningRastro) -> None:
@@ -459,21 +462,31 @@ def _spawn_dashboard(settings: Settings, api_url: str, running: RunningRastro) -
     _spawn(running, "dashboard", argv, settings.data.resolve() / "logs")
 
 
-def _spawn(running: RunningRastro, name: str, argv: list[str], logs: Path) -> None:
+def _spawn(
+    running: RunningRastro,
+    name: str,
+    argv: list[str],
+    logs: Path,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """Start a child tier; ``extra_env`` carries what must stay off its argv."""
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
-    process = _popen(argv, log_path)
-    running.processes.append(ChildProcess(name, argv, log_path, process))
+    env = extra_env or {}
+    process = _popen(argv, log_path, env)
+    running.processes.append(ChildProcess(name, argv, log_path, process, extra_env=env))
     log.info("process_started", process=name, pid=process.pid, log=str(log_path))
 
 
-def _popen(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _popen(
+    argv: list[str], log_path: Path, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
             argv,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=_child_env(),
+            env=_child_env() | extra_env,
             start_new_session=True,
         )
 
@@ -500,7 +513,7 @@ async def _watch_children(running: RunningRastro, shutdown: asyncio.Event) -> No
                 restart_in_s=pause,
             )
             await asyncio.sleep(pause)
-            child.process = _popen(child.argv, child.log_path)
+            child.process = _popen(child.argv, child.log_path, child.extra_env)
             log.info("process_restarted", process=child.name, pid=child.process.pid)
 
 

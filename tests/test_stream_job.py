@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import SettingError, Settings
-from pipeline.stream.job import _parse_args, jdbc_target, job_command, latest_checkpoint
+from pipeline.stream.job import (
+    POSTGRES_ENV,
+    REDIS_ENV,
+    _parse_args,
+    jdbc_target,
+    job_command,
+    job_environment,
+    latest_checkpoint,
+)
 
 REQUIRED = [
     "--kafka",
@@ -28,7 +36,7 @@ class TestJobCommand:
             data=tmp_path, h3_resolution=8, checkpoint_interval=5, lateness=4.5
         )
 
-        argv = job_command(settings, "k:1", "postgresql://h/db", "redis://r:2/0")
+        argv = job_command(settings, "k:1")
 
         assert argv[:3] == [sys.executable, "-m", "pipeline.stream.job"]
         assert argv[argv.index("--kafka") + 1] == "k:1"
@@ -38,20 +46,48 @@ class TestJobCommand:
         assert argv[argv.index("--lateness") + 1] == "4.5"
         assert "--flink" not in argv
 
+    def test_job_command_keeps_secrets_off_the_command_line(
+        self, tmp_path: Path
+    ) -> None:
+        """Another user of the host sees argv in ``ps``; passwords go by env."""
+        argv = job_command(Settings(data=tmp_path), "k:1")
+        env = job_environment("postgresql://u:s3cret@h/db", "redis://:pw@r:2/0")
+
+        assert not any("s3cret" in part or "pw@" in part for part in argv)
+        assert "--postgres" not in argv and "--redis" not in argv
+        assert "s3cret" in env[POSTGRES_ENV] and "pw@" in env[REDIS_ENV]
+
+    def test_parse_args_without_postgres_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.delenv(POSTGRES_ENV, raising=False)
+        monkeypatch.delenv(REDIS_ENV, raising=False)
+
+        with pytest.raises(SystemExit):
+            _parse_args(["--kafka", "k:1", "--redis", "redis://r/0"])
+
+        assert POSTGRES_ENV in capsys.readouterr().err
+
     def test_job_command_remote_flink(self, tmp_path: Path) -> None:
         settings = Settings(data=tmp_path, flink="jm.example:8081")
 
-        argv = job_command(settings, "k:1", "postgresql://h/db", "redis://r:2/0")
+        argv = job_command(settings, "k:1")
 
         assert argv[argv.index("--flink") + 1] == "jm.example:8081"
 
     def test_job_command_parses_back(self, tmp_path: Path) -> None:
         settings = Settings(data=tmp_path)
-        argv = job_command(settings, "k:1", "postgresql://u@h/db", "redis://r:2/0")
+        argv = job_command(settings, "k:1")
 
-        options = _parse_args(argv[3:])
+        dsn = "postgresql://u:s3cret@h/db"
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in job_environment(dsn, "redis://:pw@r:2/0").items():
+                patch.setenv(name, value)
+            options = _parse_args(argv[3:])
 
         assert options.kafka == "k:1"
+        assert options.postgres == dsn
+        assert options.redis == "redis://:pw@r:2/0"
         assert options.h3_resolution == 9
         assert options.checkpoint_interval == 10
         assert options.lateness == 10.0

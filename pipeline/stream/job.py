@@ -82,18 +82,24 @@ class JobOptions:
     from_beginning: bool = False
 
 
-def job_command(settings: Settings, kafka: str, postgres: str, redis: str) -> list[str]:
-    """The argv the supervisor spawns to run the job with these addresses."""
+#: Environment variables that carry the addresses which may hold a password.
+#: A command line is visible to every user of the host (``ps``); the
+#: environment of a process only to its owner.
+POSTGRES_ENV = "RASTRO_STREAM_POSTGRES"
+REDIS_ENV = "RASTRO_STREAM_REDIS"
+
+
+def job_command(settings: Settings, kafka: str) -> list[str]:
+    """The argv the supervisor spawns to run the job, with no secret in it.
+
+    PostgreSQL and Redis addresses go through :func:`job_environment`.
+    """
     argv = [
         sys.executable,
         "-m",
         "pipeline.stream.job",
         "--kafka",
         kafka,
-        "--postgres",
-        postgres,
-        "--redis",
-        redis,
         "--data",
         str(settings.data.resolve()),
         "--h3-resolution",
@@ -106,6 +112,11 @@ def job_command(settings: Settings, kafka: str, postgres: str, redis: str) -> li
     if settings.flink:
         argv += ["--flink", settings.flink]
     return argv
+
+
+def job_environment(postgres: str, redis: str) -> dict[str, str]:
+    """The environment entries that give the job its PostgreSQL and Redis."""
+    return {POSTGRES_ENV: postgres, REDIS_ENV: redis}
 
 
 @dataclass(frozen=True)
@@ -167,8 +178,17 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         prog="python -m pipeline.stream.job", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--kafka", required=True, help="bootstrap HOST:PORT[,...]")
-    parser.add_argument("--postgres", required=True, help="postgresql:// DSN (TCP)")
-    parser.add_argument("--redis", required=True, help="redis:// URL")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(POSTGRES_ENV),
+        help=f"postgresql:// DSN (TCP); default ${POSTGRES_ENV}, which keeps a "
+        "password off the command line",
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        help=f"redis:// URL; default ${REDIS_ENV}",
+    )
     parser.add_argument("--flink", default="", help="JobManager HOST:PORT")
     parser.add_argument("--data", type=Path, default=defaults.data)
     parser.add_argument("--h3-resolution", type=int, default=defaults.h3_resolution)
@@ -191,6 +211,10 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         help="read positions from the earliest offset, ignoring committed ones",
     )
     args = parser.parse_args(argv)
+    if not args.postgres or not args.redis:
+        parser.error(
+            f"--postgres and --redis (or ${POSTGRES_ENV}, ${REDIS_ENV}) are required"
+        )
     options = JobOptions(
         kafka=args.kafka,
         postgres=args.postgres,
