@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 class SettingError(ValueError):
@@ -82,6 +83,12 @@ class Settings:
         10.0,
         "seconds a fix may come out of order and still be used in order for trips, "
         "geofences and alerts; a later one is stored and its window recomputed",
+    )
+    motion_settings: str = _setting(
+        "",
+        "JSON object of motion settings for every device, with the keys of group "
+        "attributes (filters, trips, dwell, alerts, speedLimit); group and device "
+        "attributes win over it, field by field",
     )
     map_style: str = _setting("", "MapLibre style URL for street maps; empty: offline")
     smtp_host: str = _setting("", "SMTP server for e-mail notifications; empty: off")
@@ -210,6 +217,8 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def _convert(name: str, raw: Any, kind: type) -> Any:
+    if name == "motion_settings":
+        return _motion_text(raw)
     if kind is bool:
         return _boolean(name, raw)
     if kind is float:
@@ -249,6 +258,65 @@ def _real(name: str, raw: Any) -> float:
         message = f"setting {name!r} must be a positive number, got {raw!r}"
         raise SettingError(message)
     return number
+
+
+#: The keys of ``motion_settings``: those of group attributes that the streaming
+#: job reads (:mod:`pipeline.stream.profiles`), and which of them hold an object.
+MOTION_KEYS: Final = ("filters", "trips", "dwell", "alerts", "speedLimit")
+_MOTION_OBJECTS: Final = frozenset({"filters", "trips", "dwell", "alerts"})
+
+
+def parse_motion_settings(raw: Any) -> dict[str, Any]:
+    """Read ``motion_settings``: JSON text (or a TOML table) of a settings object.
+
+    Empty text is no settings.  Only the shape is checked here, so that a typo stops
+    Rastro at start rather than doing nothing: an object whose keys are
+    :data:`MOTION_KEYS`, each concern an object.  The values are checked by the
+    streaming job, which falls back to the defaults for one it refuses.
+
+    Raises
+    ------
+    SettingError
+        Naming ``motion_settings``, for bad JSON, another type, or an unknown key.
+    """
+    if isinstance(raw, str) and not raw.strip():
+        return {}
+    try:
+        loaded = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as error:
+        message = f"setting 'motion_settings' is not valid JSON: {error}"
+        raise SettingError(message) from error
+    if not isinstance(loaded, Mapping):
+        message = f"setting 'motion_settings' must be a JSON object, got {raw!r}"
+        raise SettingError(message)
+
+    unknown = sorted(set(loaded) - set(MOTION_KEYS))
+    if unknown:
+        message = (
+            f"setting 'motion_settings' has unknown keys {unknown}; "
+            f"known: {list(MOTION_KEYS)}"
+        )
+        raise SettingError(message)
+    for key in sorted(_MOTION_OBJECTS & set(loaded)):
+        if not isinstance(loaded[key], Mapping):
+            message = (
+                f"setting 'motion_settings' needs an object for {key!r}, "
+                f"got {loaded[key]!r}"
+            )
+            raise SettingError(message)
+    return dict(loaded)
+
+
+def _motion_text(raw: Any) -> str:
+    """``motion_settings`` as one line of JSON, whether given as text or a table."""
+    settings = parse_motion_settings(raw)
+    if not settings:
+        return ""
+    try:
+        return json.dumps(settings, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        message = f"setting 'motion_settings' must hold only JSON values: {error}"
+        raise SettingError(message) from error
 
 
 def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from geo.geofences import CircleFence
-from geo.trips import Idle, Stop, Trip
+from geo.trips import Idle, Stop, Trip, TripSettings
 from pipeline.services.postgres import run_coroutine
 from pipeline.store.devices import create_device
 from pipeline.store.geofences import (
@@ -150,6 +151,55 @@ class TestCatalog:
         assert van.time_zone == bus.time_zone == "Europe/Lisbon"
         assert catalog.profile("unknown-9") is DEFAULT_PROFILE
         assert fleet.group > 0
+
+    def test_fleet_settings_under_group_and_device(
+        self, postgres_dsn: str, database: BlockingDatabase
+    ) -> None:
+        """The fleet layer applies to every device; group and device values win."""
+        Fleet(postgres_dsn)
+        fleet = {
+            "trips": {"rule": "motion", "min_idle_s": 60},
+            "alerts": {"offline": {"after_s": 900}},
+            "speedLimit": 100,
+        }
+        catalog = Catalog(database, poll_s=0.0, fleet_attributes=fleet)
+
+        catalog.refresh(force=True)
+
+        van, bus = catalog.profile("van-1"), catalog.profile("bus-1")
+        unknown = catalog.profile("unknown-9")
+        assert van.trips == TripSettings(rule="ignition", min_idle_s=60)
+        assert bus.trips == unknown.trips == TripSettings(min_idle_s=60)
+        assert (van.speed_limit_kmh, bus.speed_limit_kmh) == (100.0, 60.0)
+        assert (van.alerts.offline.after_s, bus.alerts.offline.after_s) == (900, 120)
+        assert unknown.speed_limit_kmh == 100.0
+
+    def test_refused_fleet_setting_is_logged_once(
+        self, postgres_dsn: str, database: BlockingDatabase
+    ) -> None:
+        """Once for the fleet, not once per device; the devices keep the rest."""
+        Fleet(postgres_dsn)
+        fleet = {"speedLimit": -1, "trips": {"min_idle_s": 60}}
+
+        with capture_logs() as logs:
+            catalog = Catalog(database, poll_s=0.0, fleet_attributes=fleet)
+            catalog.refresh(force=True)
+
+        refused = [
+            entry for entry in logs if entry["event"] == "stream_setting_refused"
+        ]
+        assert refused == [
+            {
+                "event": "stream_setting_refused",
+                "log_level": "warning",
+                "setting": "motion_settings",
+                "problem": "motion_settings: speedLimit must be a positive number, "
+                "got -1",
+            }
+        ]
+        assert catalog.profile("van-1").trips.min_idle_s == 60
+        assert catalog.profile("van-1").speed_limit_kmh is None
+        assert catalog.profile("bus-1").speed_limit_kmh == 60.0
 
     def test_geofence_changes_are_picked_up(
         self, postgres_dsn: str, database: BlockingDatabase

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import SettingError, Settings
+from pipeline.config import SettingError, Settings, load_settings
 from pipeline.stream.job import (
     POSTGRES_ENV,
     REDIS_ENV,
@@ -92,7 +93,20 @@ class TestJobCommand:
         assert options.checkpoint_interval == 10
         assert options.lateness == 10.0
         assert options.data == tmp_path.resolve()
+        assert options.motion_settings == ""
         assert not options.from_beginning
+        assert "--motion-settings" not in argv
+
+    def test_job_command_motion_settings_round_trip(self, tmp_path: Path) -> None:
+        """From the variable, as the supervisor loads it, to the job's options."""
+        text = '{"filters": {"min_distance_m": 20},\n "speedLimit": 90}'
+        settings = load_settings({"data": tmp_path}, {"RASTRO_MOTION_SETTINGS": text})
+
+        argv = job_command(settings, "k:1")
+        options = _parse_args([*argv[3:], *REQUIRED[2:]])
+
+        assert json.loads(options.motion_settings) == json.loads(text)
+        assert "\n" not in argv[argv.index("--motion-settings") + 1]
 
 
 class TestParseArgs:
@@ -111,6 +125,75 @@ class TestParseArgs:
     def test_parse_args_bad_checkpoint_interval(self) -> None:
         with pytest.raises(SettingError, match="checkpoint_interval must be at least"):
             _parse_args([*REQUIRED, "--checkpoint-interval", "0"])
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ('{"filters": {', "'motion_settings' is not valid JSON"),
+            ("[1, 2]", "'motion_settings' must be a JSON object, got '\\[1, 2\\]'"),
+            ('"filters"', "'motion_settings' must be a JSON object"),
+        ],
+    )
+    def test_parse_args_bad_motion_settings(self, text: str, message: str) -> None:
+        with pytest.raises(SettingError, match=message):
+            _parse_args([*REQUIRED, "--motion-settings", text])
+
+
+class TestMotionSettings:
+    """``motion_settings`` is refused at start-up, before any process is spawned."""
+
+    def test_motion_settings_default_is_empty(self) -> None:
+        assert load_settings({}, {}).motion_settings == ""
+
+    def test_motion_settings_blank_is_no_settings(self) -> None:
+        settings = load_settings({}, {"RASTRO_MOTION_SETTINGS": "  "})
+
+        assert settings.motion_settings == ""
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("{'trips': {}}", "'motion_settings' is not valid JSON: Expecting"),
+            ("42", "'motion_settings' must be a JSON object, got '42'"),
+            ("null", "'motion_settings' must be a JSON object, got 'null'"),
+            (
+                '{"filter": {"max_hdop": 5}}',
+                "'motion_settings' has unknown keys \\['filter'\\]; known:",
+            ),
+            (
+                '{"trips": "ignition"}',
+                "'motion_settings' needs an object for 'trips', got 'ignition'",
+            ),
+            ('{"speedLimit": NaN}', "'motion_settings' must hold only JSON values"),
+        ],
+    )
+    def test_motion_settings_refused_at_start(self, text: str, message: str) -> None:
+        with pytest.raises(SettingError, match=message):
+            load_settings({}, {"RASTRO_MOTION_SETTINGS": text})
+
+    def test_motion_settings_from_a_toml_table(self, tmp_path: Path) -> None:
+        config = tmp_path / "rastro.toml"
+        config.write_text(
+            "[motion_settings]\n"
+            "speedLimit = 80\n"
+            "trips = { rule = 'ignition' }\n"
+            "alerts.offline.after_s = 900\n"
+        )
+
+        settings = load_settings({"config": config}, {})
+
+        assert json.loads(settings.motion_settings) == {
+            "speedLimit": 80,
+            "trips": {"rule": "ignition"},
+            "alerts": {"offline": {"after_s": 900}},
+        }
+
+    def test_motion_settings_toml_date_refused(self, tmp_path: Path) -> None:
+        config = tmp_path / "rastro.toml"
+        config.write_text("[motion_settings.trips]\nrule = 2024-01-01\n")
+
+        with pytest.raises(SettingError, match="must hold only JSON values"):
+            load_settings({"config": config}, {})
 
 
 class TestJdbcTarget:

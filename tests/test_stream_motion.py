@@ -17,13 +17,14 @@ from datetime import date
 
 import pytest
 
-from geo.alerts import AlertSettings, OfflineSettings
+from geo.alerts import AlertSettings, BatterySettings, OfflineSettings
 from geo.events import GeoEvent
 from geo.filtering import FilterSettings, filter_fixes
 from geo.fixes import FixPoint
 from geo.geofences import CircleFence, DwellSettings, GeofenceIndex, run_membership
 from geo.summaries import DaySummary, summarise
 from geo.trips import Record, Stop, Trip, TripSettings, detect_trips
+from pipeline.config import MOTION_KEYS, load_settings, parse_motion_settings
 from pipeline.model import Event
 from pipeline.notify.messages import event_document
 from pipeline.stream.motion import (
@@ -710,6 +711,84 @@ class TestProfiles:
         assert __import__("re").match(problem, problems[0])
         assert profile.filters.max_hdop == 5.0
         assert profile.speed_limit_kmh is None
+
+    def test_fleet_layer_applies_under_group_and_device(self) -> None:
+        """Fleet, then group, then device, field by field."""
+        fleet = {
+            "filters": {"min_distance_m": 20, "max_hdop": 4},
+            "trips": {"rule": "ignition", "min_idle_s": 60},
+            "dwell": {"enter_after_fixes": 1},
+            "alerts": {"battery": {"low_percent": 30, "low_volts": None}},
+            "speedLimit": 100,
+        }
+        group = {"filters": {"min_distance_m": 35}, "speedLimit": 80}
+        device = {"filters": {"max_hdop": 2}, "trips": {"rule": "motion"}}
+
+        profile, problems = resolve_profile(group, device, fleet_attributes=fleet)
+
+        assert problems == []
+        assert profile.filters == FilterSettings(min_distance_m=35, max_hdop=2)
+        assert profile.trips == TripSettings(rule="motion", min_idle_s=60)
+        assert profile.dwell == DwellSettings(enter_after_fixes=1)
+        assert profile.alerts.battery == BatterySettings(low_percent=30, low_volts=None)
+        assert profile.alerts.offline == AlertSettings().offline
+        assert profile.speed_limit_kmh == 80.0
+
+    def test_fleet_layer_alone_over_defaults(self) -> None:
+        profile, _ = resolve_profile(
+            None, {}, fleet_attributes={"speedLimit": 90, "trips": {"rule": "ignition"}}
+        )
+
+        assert profile.speed_limit_kmh == 90.0
+        assert profile.trips == TripSettings(rule="ignition")
+        assert profile.filters == DEFAULT_PROFILE.filters
+
+    def test_no_fleet_layer_is_the_two_layers(self) -> None:
+        group = {"trips": {"min_stop_duration_s": 120}}
+        device = {"alerts": {"idle": {"limit_s": 60}}}
+
+        assert resolve_profile(group, device, fleet_attributes={}) == resolve_profile(
+            group, device
+        )
+
+    def test_refused_fleet_value_falls_back_and_is_named(self) -> None:
+        """A refused fleet value leaves the defaults; its problem names the layer."""
+        fleet = {"filters": {"max_hdop": -1, "min_distance_m": 5}, "speedLimit": -3}
+        group = {"filters": {"max_accuracy_m": 40}}
+
+        profile, problems = resolve_profile(group, None, fleet_attributes=fleet)
+
+        assert problems == [
+            "motion_settings: filters: max_hdop must be a positive number or None, "
+            "got -1",
+            "motion_settings: speedLimit must be a positive number, got -3",
+        ]
+        assert profile.filters == FilterSettings(max_accuracy_m=40)
+        assert profile.speed_limit_kmh is None
+
+    def test_config_accepts_every_profile_key(self) -> None:
+        """Each key ``resolve_profile`` reads passes the start-up check and is used."""
+        text = json.dumps(
+            {
+                "filters": {"keep_every_s": 60},
+                "trips": {"max_gap_s": 120},
+                "dwell": {"exit_after_s": 30},
+                "alerts": {"offline": {"after_s": 1200}},
+                "speedLimit": 70,
+            }
+        )
+
+        settings = load_settings({}, {"RASTRO_MOTION_SETTINGS": text})
+        fleet = parse_motion_settings(settings.motion_settings)
+        profile, problems = resolve_profile(None, None, fleet_attributes=fleet)
+
+        assert sorted(fleet) == sorted(MOTION_KEYS)
+        assert problems == []
+        assert profile.filters.keep_every_s == 60
+        assert profile.trips.max_gap_s == 120
+        assert profile.dwell.exit_after_s == 30
+        assert profile.alerts.offline.after_s == 1200
+        assert profile.speed_limit_kmh == 70.0
 
     def test_unknown_time_zone_is_utc(self) -> None:
         profile, problems = resolve_profile(None, None, time_zone="Mars/Olympus")

@@ -2,16 +2,17 @@
 
 Each parallel instance of the job's device operator holds one :class:`Catalog`.
 It loads every registered device's :class:`~pipeline.stream.profiles.DeviceProfile`
-(settings from its group's and its own attributes, its owner's time zone, the
-geofences assigned to it or its group) and a :class:`geo.geofences.GeofenceIndex` of
-every geofence, then polls PostgreSQL every :data:`POLL_S` seconds with one cheap
-fingerprint query: counts and hashes of ``geofences (id, version)``, of the
-assignments, of devices, groups and users' time zones.  A change in the geofences
-part loads only the geofences whose version differs and rebuilds the index with
-:meth:`~geo.geofences.GeofenceIndex.changed` (a deleted one drops out, since the ids
-are compared, not only the versions); any other change reloads the profiles.  So a
-geofence or assignment changed through the API applies to fixes within about
-``POLL_S`` seconds, without restarting the job.
+(settings from the fleet's, its group's and its own attributes, its owner's time
+zone, the geofences assigned to it or its group) and a
+:class:`geo.geofences.GeofenceIndex` of every geofence, then polls PostgreSQL every
+:data:`POLL_S` seconds with one cheap fingerprint query: counts and hashes of
+``geofences (id, version)``, of the assignments, of devices, groups and users' time
+zones.  A change in the geofences part loads only the geofences whose version
+differs and rebuilds the index with :meth:`~geo.geofences.GeofenceIndex.changed` (a
+deleted one drops out, since the ids are compared, not only the versions); any
+other change reloads the profiles.  So a geofence or assignment changed through the
+API applies to fixes within about ``POLL_S`` seconds, without restarting the job.
+The fleet's settings come from the job's options, so they change with a restart.
 
 PostgreSQL being down never stops the job: the last catalog stays in use, the
 failure is logged once, and the next poll tries again.
@@ -33,7 +34,12 @@ from geo.geofences import (
     geofence_from_geojson,
 )
 from pipeline.stream.database import DATABASE_ERRORS, BlockingDatabase
-from pipeline.stream.profiles import DEFAULT_PROFILE, DeviceProfile, resolve_profile
+from pipeline.stream.profiles import (
+    DEFAULT_PROFILE,
+    FLEET_LAYER,
+    DeviceProfile,
+    resolve_profile,
+)
 
 __all__ = ["POLL_S", "Catalog"]
 
@@ -93,11 +99,22 @@ class Catalog:
         Where to read them.
     poll_s
         Seconds between fingerprint queries.
+    fleet_attributes
+        The fleet's settings (the ``motion_settings`` setting, parsed), under every
+        group's and device's.  What it gets refused is logged once, here.
     """
 
-    def __init__(self, database: BlockingDatabase, *, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self,
+        database: BlockingDatabase,
+        *,
+        poll_s: float = POLL_S,
+        fleet_attributes: Mapping[str, Any] | None = None,
+    ) -> None:
         self._database = database
         self._poll_s = poll_s
+        self._fleet = dict(fleet_attributes or {})
+        self._unknown = self._fleet_profile()
         self._fingerprint: tuple[str, str] | None = None
         self._polled_at = -float("inf")
         self._versions: dict[int, int] = {}
@@ -107,8 +124,11 @@ class Catalog:
         self.index = GeofenceIndex([])
 
     def profile(self, device: str) -> DeviceProfile:
-        """The device's profile; :data:`DEFAULT_PROFILE` for an unknown device."""
-        return self._profiles.get(device, DEFAULT_PROFILE)
+        """The device's profile; the fleet's settings alone for an unknown device.
+
+        Without fleet settings, that is :data:`DEFAULT_PROFILE`.
+        """
+        return self._profiles.get(device, self._unknown)
 
     def refresh(self, *, force: bool = False) -> bool:
         """Poll PostgreSQL if :data:`POLL_S` passed; return whether anything changed."""
@@ -217,14 +237,27 @@ class Catalog:
         profile, problems = resolve_profile(
             _json(row["group_attributes"]),
             _json(row["attributes"]),
+            fleet_attributes=self._fleet,
             time_zone=str(row["time_zone"]),
             geofences=fences,
         )
         for problem in problems:
+            if problem.startswith(f"{FLEET_LAYER}: "):
+                continue
             report = (str(row["unique_id"]), problem)
             if report not in self._reported:
                 self._reported.add(report)
                 log.warning("stream_setting_refused", device=report[0], problem=problem)
+        return profile
+
+    def _fleet_profile(self) -> DeviceProfile:
+        """The fleet's settings over the defaults; log once what they got refused."""
+        if not self._fleet:
+            return DEFAULT_PROFILE
+
+        profile, problems = resolve_profile(None, None, fleet_attributes=self._fleet)
+        for problem in problems:
+            log.warning("stream_setting_refused", setting=FLEET_LAYER, problem=problem)
         return profile
 
 

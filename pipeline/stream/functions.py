@@ -9,7 +9,7 @@ TaskManager's JVM, so they must be picklable and open their connections in
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -144,15 +144,26 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
     :class:`~pipeline.stream.motion.MotionState`.  All of it is checkpointed, so
     after a restore a replayed fix is recognised as already seen and the steppers
     resume where the checkpoint left them.
+
+    ``fleet_attributes`` are the fleet's settings (``motion_settings``), under each
+    group's and device's (see :mod:`pipeline.stream.profiles`).
     """
 
-    def __init__(self, redis_url: str, postgres_dsn: str, lateness_ms: int) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        postgres_dsn: str,
+        lateness_ms: int,
+        fleet_attributes: Mapping[str, Any] | None = None,
+    ) -> None:
         self._redis_url = redis_url
         self._postgres_dsn = postgres_dsn
         self._lateness_ms = lateness_ms
+        self._fleet_attributes = dict(fleet_attributes or {})
         self._store: LatestStore | None = None
         self._database: BlockingDatabase | None = None
         self._states: OrderedDict[str, MotionState] = OrderedDict()
+        self._latest_flush_ms: int | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Declare the state, connect to Redis and load the fleet's catalog."""
@@ -173,7 +184,7 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._store = LatestStore(self._redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
 
         self._database = BlockingDatabase(self._postgres_dsn)
-        self._catalog = Catalog(self._database)
+        self._catalog = Catalog(self._database, fleet_attributes=self._fleet_attributes)
         self._catalog.refresh(force=True)
         self._engine = DeviceMotion(
             self._catalog, HistoryReader(self._database), self._lateness_ms
@@ -225,14 +236,14 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
     ) -> Iterator[tuple[OutputTag, Row]]:
         """Flush pending latest fixes; run the steppers' timers when theirs."""
-        assert self._store is not None
-        self._store.flush()
+        event_time = ctx.time_domain() == TimeDomain.EVENT_TIME
+        if not event_time:
+            self._flush_latest_if_due(timestamp)
 
         state = self._load(ctx.get_current_key(), create=False)
         if state is None:
             return
         out = Outputs()
-        event_time = ctx.time_domain() == TimeDomain.EVENT_TIME
         wall_ms = ctx.timer_service().current_processing_time()
         if event_time and state.event_timer_ms == timestamp:
             state.event_timer_ms = None
@@ -242,6 +253,8 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             if timestamp < state.wall_timer_ms:
                 return
             state.wall_timer_ms = None
+            if self._nothing_due(state, timestamp, ctx):
+                return
             self._catalog.refresh()
             watermark = _watermark(ctx)
             self._engine.wake(state, timestamp, out, watermark)
@@ -250,6 +263,38 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._schedule(state, ctx)
         self._motion.update(freeze(state))
         yield from side_outputs(out, wall_ms)
+
+    def _flush_latest_if_due(self, timestamp: int) -> None:
+        """Write the pending latest fixes once their flush timer is reached.
+
+        Every device's wall timer passes here; flushing at each of them would
+        send Redis a round trip per timer instead of one per batch.
+        """
+        assert self._store is not None
+        due = self._latest_flush_ms
+        if due is not None and timestamp >= due:
+            self._latest_flush_ms = None
+            self._store.flush()
+
+    def _nothing_due(
+        self, state: MotionState, timestamp: int, ctx: KeyedProcessFunction.Context
+    ) -> bool:
+        """Whether a wall timer finds nothing to do; if so, set the next one.
+
+        The usual case while a device reports: its newest fix has not waited the
+        lateness yet, because a newer one came.  Then only the wall timer moves,
+        and the state is not written back: a restored state whose wall timer has
+        passed counts as having none (:meth:`_schedule`).  Anything else (an
+        event timer to move, a fix to release, a rule due) takes the full path.
+        """
+        event_timer = state.event_timer_ms
+        _, wake = self._engine.timers(state, _watermark(ctx))
+        if wake is None or wake <= timestamp:
+            return False
+        self._schedule(state, ctx)
+        if state.event_timer_ms != event_timer:
+            self._motion.update(freeze(state))
+        return True
 
     def _load(self, device: str, *, create: bool = True) -> MotionState | None:
         """The device's state: the cached copy, else thawed from Flink's state.
@@ -282,7 +327,10 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
 
         if wake is not None:
             wake = _step_up(wake, WALL_TIMER_STEP_MS)
-            if state.wall_timer_ms is None or wake < state.wall_timer_ms:
+            pending = state.wall_timer_ms
+            if pending is not None and pending < service.current_processing_time():
+                pending = None  # fired already: a restored state can say so
+            if pending is None or wake < pending:
                 service.register_processing_time_timer(wake)
                 state.wall_timer_ms = wake
 
@@ -301,6 +349,7 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             service = ctx.timer_service()
             due = service.current_processing_time() + LATEST_FLUSH_MS
             service.register_processing_time_timer(due)
+            self._latest_flush_ms = due
 
 
 def _watermark(ctx: KeyedProcessFunction.Context) -> int | None:

@@ -24,6 +24,7 @@ from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment, Table
 
+from pipeline.config import parse_motion_settings
 from pipeline.jars import ensure_jars
 from pipeline.kafka import EVENTS
 from pipeline.stream import results
@@ -130,10 +131,12 @@ def build_job(options: JobOptions) -> StreamExecutionEnvironment:
         .uid("fix-time-watermarks")
     )
     lateness_ms = round(options.lateness * 1000)
+    fleet = parse_motion_settings(options.motion_settings)
     kept = (
         accepted.key_by(lambda row: row[0], key_type=Types.STRING())
         .process(
-            DeviceState(options.redis, options.postgres, lateness_ms), fix_row_type()
+            DeviceState(options.redis, options.postgres, lateness_ms, fleet),
+            fix_row_type(),
         )
         .name("device_state")
         .uid("device-state")

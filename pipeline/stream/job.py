@@ -16,9 +16,11 @@ a replay after a crash writes no history row twice and never moves Redis back.
 
 Run ``python -m pipeline.stream.job --kafka HOST:PORT --postgres DSN --redis URL``;
 with ``--flink HOST:PORT`` the job goes to that JobManager instead of a local
-mini-cluster.  Once Flink reports the job RUNNING the process logs
-``stream_job_running`` and writes :func:`running_marker` under the data folder, then
-blocks until the job ends or the process is told to stop.
+mini-cluster, and ``--motion-settings JSON`` gives every device the fleet's
+settings under its group's and its own (:mod:`pipeline.stream.profiles`).  Once
+Flink reports the job RUNNING the process logs ``stream_job_running`` and writes
+:func:`running_marker` under the data folder, then blocks until the job ends or the
+process is told to stop.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 
-from pipeline.config import SettingError, Settings, redact_url
+from pipeline.config import (
+    SettingError,
+    Settings,
+    parse_motion_settings,
+    redact_url,
+)
 from pipeline.logs import configure_logging
 
 __all__ = [
@@ -79,6 +86,7 @@ class JobOptions:
     parallelism: int = 1
     checkpoint_interval: int = 10
     lateness: float = 10.0
+    motion_settings: str = ""
     from_beginning: bool = False
 
 
@@ -109,6 +117,8 @@ def job_command(settings: Settings, kafka: str) -> list[str]:
         "--lateness",
         str(settings.lateness),
     ]
+    if settings.motion_settings:
+        argv += ["--motion-settings", settings.motion_settings]
     if settings.flink:
         argv += ["--flink", settings.flink]
     return argv
@@ -206,6 +216,11 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         help="seconds a fix may come out of order and still be used in order",
     )
     parser.add_argument(
+        "--motion-settings",
+        default="",
+        help="JSON object of the fleet's filters, trips, dwell, alerts, speedLimit",
+    )
+    parser.add_argument(
         "--from-beginning",
         action="store_true",
         help="read positions from the earliest offset, ignoring committed ones",
@@ -225,6 +240,7 @@ def _parse_args(argv: Sequence[str] | None) -> JobOptions:
         parallelism=args.parallelism,
         checkpoint_interval=args.checkpoint_interval,
         lateness=args.lateness,
+        motion_settings=args.motion_settings,
         from_beginning=args.from_beginning,
     )
     _check(options)
@@ -247,6 +263,7 @@ def _check(options: JobOptions) -> None:
     if not (options.lateness >= 0 and math.isfinite(options.lateness)):
         message = f"lateness must be 0 seconds or more, got {options.lateness!r}"
         raise SettingError(message)
+    parse_motion_settings(options.motion_settings)
     jdbc_target(options.postgres)
 
 

@@ -1,8 +1,9 @@
-"""Per-device settings of the streaming job, from group and device attributes.
+"""Per-device settings of the streaming job, from fleet, group and device settings.
 
 Every ``geo`` stepper takes a frozen settings dataclass; the job picks them per
-device from ``device_groups.attributes`` and ``devices.attributes`` (JSON objects).
-The keys, each an object of the dataclass's field names (units in the names):
+device from three layers of JSON objects: the fleet's (the ``motion_settings``
+setting), ``device_groups.attributes`` and ``devices.attributes``.  The keys, each
+an object of the dataclass's field names (units in the names):
 
 ``filters``
     :class:`geo.filtering.FilterSettings`, e.g. ``{"min_distance_m": 20}``.
@@ -18,11 +19,13 @@ The keys, each an object of the dataclass's field names (units in the names):
     The device's own speed limit in km/h for the overspeed rule (a geofence's lower
     limit wins inside it); none by default, so no overspeed alert without one.
 
-A field left out takes the group's value, and the group's the dataclass default;
-the device's value wins over the group's, field by field.  A value the dataclass
-refuses (an unknown field, a negative distance) makes that concern fall back to
-the group's settings, or the defaults, and is reported as a problem, so one typo
-never stops the job.
+A field left out of a layer takes the value of the layer below it: the device's
+wins over the group's, the group's over the fleet's, the fleet's over the
+dataclass default, field by field.  A value the dataclass refuses (an unknown
+field, a negative distance) makes that layer's concern fall back to the layers
+below, and is reported as a problem, so one typo never stops the job.  A problem
+of the fleet layer starts with :data:`FLEET_LAYER`, so that it can be reported
+once for the fleet rather than once per device.
 """
 
 from __future__ import annotations
@@ -45,9 +48,15 @@ from geo.filtering import FilterSettings
 from geo.geofences import DwellSettings
 from geo.trips import TripSettings
 
-__all__ = ["DEFAULT_PROFILE", "DeviceProfile", "resolve_profile"]
+__all__ = ["DEFAULT_PROFILE", "FLEET_LAYER", "DeviceProfile", "resolve_profile"]
 
 _T = TypeVar("_T")
+
+#: The name of the fleet layer, which starts each of its problems.
+FLEET_LAYER = "motion_settings"
+
+#: One layer of settings: the prefix of its problems, and its JSON object.
+_Layer = tuple[str, dict[str, Any]]
 
 _ALERT_RULES: dict[str, Callable[..., Any]] = {
     "overspeed": OverspeedSettings,
@@ -84,6 +93,7 @@ def resolve_profile(
     group_attributes: Mapping[str, Any] | None,
     device_attributes: Mapping[str, Any] | None,
     *,
+    fleet_attributes: Mapping[str, Any] | None = None,
     time_zone: str = "UTC",
     geofences: frozenset[str] = frozenset(),
 ) -> tuple[DeviceProfile, list[str]]:
@@ -93,21 +103,29 @@ def resolve_profile(
     --------
     >>> profile, problems = resolve_profile(
     ...     {"trips": {"min_stop_duration_s": 120}},
-    ...     {"trips": {"rule": "ignition"}, "speedLimit": 90})
-    >>> profile.trips.rule, profile.trips.min_stop_duration_s, profile.speed_limit_kmh
-    ('ignition', 120, 90.0)
+    ...     {"trips": {"rule": "ignition"}, "speedLimit": 90},
+    ...     fleet_attributes={"trips": {"min_stop_duration_s": 60, "max_gap_s": 90}})
+    >>> trips = profile.trips
+    >>> trips.rule, trips.min_stop_duration_s, trips.max_gap_s, profile.speed_limit_kmh
+    ('ignition', 120, 90, 90.0)
     >>> resolve_profile(None, {"filters": {"max_hdop": -1}})[1]
     ['filters: max_hdop must be a positive number or None, got -1']
+    >>> resolve_profile(None, None, fleet_attributes={"speedLimit": 0})[1]
+    ['motion_settings: speedLimit must be a positive number, got 0']
     """
-    layers = [_object(group_attributes), _object(device_attributes)]
+    layers: list[_Layer] = [
+        (f"{FLEET_LAYER}: ", _object(fleet_attributes)),
+        ("", _object(group_attributes)),
+        ("", _object(device_attributes)),
+    ]
     problems: list[str] = []
 
-    def scopes(*path: str) -> list[dict[str, Any]]:
+    def scopes(*path: str) -> list[_Layer]:
         found = []
-        for layer in layers:
+        for prefix, layer in layers:
             for key in path:
                 layer = _object(layer.get(key))
-            found.append(layer)
+            found.append((prefix, layer))
         return found
 
     alerts = AlertSettings(
@@ -144,30 +162,30 @@ def _layered(
     key: str,
     make: Callable[..., _T],
     default: _T,
-    scopes: list[dict[str, Any]],
+    scopes: list[_Layer],
     problems: list[str],
 ) -> _T:
     """Apply each scope's fields over the previous ones; skip a refused scope."""
     current = default
-    for scope in scopes:
+    for prefix, scope in scopes:
         if not scope:
             continue
         known = {item.name for item in fields(current)}  # type: ignore[arg-type]
         unknown = sorted(set(scope) - known)
         if unknown:
-            problems.append(f"{key}: unknown settings {unknown}")
+            problems.append(f"{prefix}{key}: unknown settings {unknown}")
             continue
         values = {name: getattr(current, name) for name in known}
         try:
             current = make(**{**values, **scope})
         except (TypeError, ValueError) as error:
-            problems.append(f"{key}: {error}")
+            problems.append(f"{prefix}{key}: {error}")
     return current
 
 
-def _speed_limit(layers: list[dict[str, Any]], problems: list[str]) -> float | None:
+def _speed_limit(layers: list[_Layer], problems: list[str]) -> float | None:
     limit: float | None = None
-    for layer in layers:
+    for prefix, layer in layers:
         value = layer.get("speedLimit")
         if value is None:
             continue
@@ -175,7 +193,9 @@ def _speed_limit(layers: list[dict[str, Any]], problems: list[str]) -> float | N
         if good and math.isfinite(value) and value > 0:
             limit = float(value)
         else:
-            problems.append(f"speedLimit must be a positive number, got {value!r}")
+            problems.append(
+                f"{prefix}speedLimit must be a positive number, got {value!r}"
+            )
     return limit
 
 
