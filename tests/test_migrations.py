@@ -34,6 +34,7 @@ ALL_FILES = [
     "004_h3_refresh",
     "005_notifications",
     "006_stream_results",
+    "007_h3_stale_hours",
 ]
 INSERT_FIX = """
 INSERT INTO fixes (device, fix_time, server_time, latitude, longitude, valid)
@@ -188,6 +189,7 @@ class TestMigrationPlan:
             "timescale/004_h3_refresh",
             "005_notifications",
     "006_stream_results",
+    "007_h3_stale_hours",
         ]
 
     def test_discover_duplicate_version_refused(self, tmp_path: Path) -> None:

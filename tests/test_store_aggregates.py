@@ -473,6 +473,44 @@ class TestRefresh:
 
         assert await pool.fetchval("SELECT count(*) FROM h3_hourly") == 0
 
+    async def test_filter_changed_later_rewrites_its_hours(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """The job's recompute re-marks old fixes; their hours follow."""
+        rows = _fleet()
+        await _insert(pool, rows)
+        await _refresh(pool)
+        victim = next(row for row in rows if row.device == "car-a")
+        await pool.execute(
+            "UPDATE fixes SET filter = 'stationary' WHERE device = $1"
+            " AND fix_time = $2",
+            victim.device,
+            victim.fix_time,
+        )
+        noted = await pool.fetchval("SELECT count(*) FROM h3_stale_hours")
+
+        hours, written = await aggregates.refresh_stale_h3(pool)
+
+        remaining = [
+            dataclasses.replace(row, filter="stationary") if row == victim else row
+            for row in rows
+        ]
+        assert noted >= 1 and hours == noted and written > 0
+        _assert_same(await _stored(pool), _expected(remaining, COARSEST, FINEST))
+        assert await pool.fetchval("SELECT count(*) FROM h3_stale_hours") == 0
+
+    async def test_filter_set_before_refresh_notes_nothing(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """The job marks a fresh fix within seconds: the refresh reads it marked."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        await _insert(pool, [Row("car-n", now, 48.1, 11.5, 30.0, server_time=now)])
+
+        await pool.execute("UPDATE fixes SET filter = 'jump' WHERE device = 'car-n'")
+
+        assert await pool.fetchval("SELECT count(*) FROM h3_stale_hours") == 0
+        assert await aggregates.refresh_stale_h3(pool) == (0, 0)
+
     async def test_refresh_records_settings(self, pool: asyncpg.Pool) -> None:
         rules = CellSettings(resolution=8, stopped_below_kmh=5.0, max_dwell_gap_s=60)
         assert await aggregates.refreshed(pool) is None

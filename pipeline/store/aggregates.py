@@ -40,6 +40,7 @@ __all__ = [
     "refresh_h3",
     "refresh_h3_forever",
     "refresh_h3_until_caught_up",
+    "refresh_stale_h3",
     "refreshed",
     "rewrite_h3_hours",
 ]
@@ -273,6 +274,17 @@ async def rewrite_h3_hours(
     return int(written)
 
 
+async def refresh_stale_h3(connection: Any) -> tuple[int, int]:
+    """Rewrite the hours whose fixes changed filter after a refresh read them.
+
+    The streaming job re-marks fixes of a window it recomputes after late data;
+    a trigger (``sql/007``) notes their hours and this rewrites them with the
+    rules of the last refresh.  Returns the hours and rows written.
+    """
+    row = await connection.fetchrow("SELECT * FROM rastro_refresh_h3_stale()")
+    return int(row["hours"]), int(row["written"])
+
+
 async def refresh_h3_forever(
     dsn: str,
     interval_s: float,
@@ -323,8 +335,12 @@ async def _refresh_round(
             settle_s=settle_s,
             max_span_s=max_span_s,
         )
+        stale_hours, stale_rows = await refresh_stale_h3(connection)
     finally:
         await connection.close()
+
+    if stale_hours:
+        log.info("h3_stale_hours_rewritten", hours=stale_hours, rows=stale_rows)
 
     if done.hours:
         log.info(
