@@ -188,8 +188,8 @@ class TestMigrationPlan:
             "003_motion_geofences_events",
             "timescale/004_h3_refresh",
             "005_notifications",
-    "006_stream_results",
-    "007_h3_stale_hours",
+            "006_stream_results",
+            "007_h3_stale_hours",
         ]
 
     def test_discover_duplicate_version_refused(self, tmp_path: Path) -> None:
