@@ -766,6 +766,21 @@ class TestProfiles:
         assert profile.filters == FilterSettings(max_accuracy_m=40)
         assert profile.speed_limit_kmh is None
 
+    def test_misspelled_alert_rule_is_reported(self) -> None:
+        """A typo in a rule's name would otherwise leave the rule at its default."""
+        group = {"alerts": {"ofline": {"after_s": 900}, "idle": {"limit_s": 60}}}
+        fleet = {"alerts": {"overspeeed": {}}}
+
+        profile, problems = resolve_profile(group, None, fleet_attributes=fleet)
+
+        known = "(known: alarm, battery, idle, offline, overspeed)"
+        assert problems == [
+            f"motion_settings: alerts: unknown rule overspeeed {known}",
+            f"alerts: unknown rule ofline {known}",
+        ]
+        assert profile.alerts.offline == AlertSettings().offline
+        assert profile.alerts.idle.limit_s == 60
+
     def test_config_accepts_every_profile_key(self) -> None:
         """Each key ``resolve_profile`` reads passes the start-up check and is used."""
         text = json.dumps(

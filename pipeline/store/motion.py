@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from geo.summaries import DaySummary, summarise
-from geo.trips import Idle, Record, Stop, Trip
+from geo.trips import Idle, Record, Stop
 from pipeline.model import format_time_ms
+from pipeline.stream.history import period_record, trip_record
 
 __all__ = [
     "daily_summaries",
@@ -205,45 +206,18 @@ async def _records(
     connection: asyncpg.Connection, unique_id: str, start: datetime, end: datetime
 ) -> list[Record]:
     """Every trip, stop and idle of the device overlapping ``[start, end)``."""
-    found: list[Record] = []
-    for row in await connection.fetch(
-        f"SELECT * FROM trips WHERE {_OVERLAPS}", unique_id, start, end
-    ):
-        start_ms = _ms(row["start_time"])
-        found.append(
-            Trip(
-                device=unique_id,
-                start_ms=start_ms,
-                end_ms=_ms(row["end_time"]),
-                start_latitude=row["start_latitude"],
-                start_longitude=row["start_longitude"],
-                end_latitude=row["end_latitude"],
-                end_longitude=row["end_longitude"],
-                distance_m=row["distance_m"],
-                duration_s=row["duration_s"],
-                max_speed_kmh=row["max_speed_kmh"] or 0.0,
-                max_speed_ms=start_ms,
-                average_speed_kmh=row["avg_speed_kmh"] or 0.0,
-                idle_s=row["idle_s"],
-                start_odometer_m=row["start_odometer_m"] or 0.0,
-                end_odometer_m=row["end_odometer_m"] or 0.0,
-            )
+    found: list[Record] = [
+        trip_record(row)
+        for row in await connection.fetch(
+            f"SELECT * FROM trips WHERE {_OVERLAPS}", unique_id, start, end
         )
+    ]
     for table, kind in (("stops", Stop), ("idles", Idle)):
         # ``table`` is one of the two literals above.
-        for row in await connection.fetch(
+        rows = await connection.fetch(
             f"SELECT * FROM {table} WHERE {_OVERLAPS}", unique_id, start, end
-        ):
-            found.append(
-                kind(
-                    unique_id,
-                    row["latitude"],
-                    row["longitude"],
-                    _ms(row["start_time"]),
-                    _ms(row["end_time"]),
-                    row["duration_s"],
-                )
-            )
+        )
+        found += [period_record(kind, row) for row in rows]
     return found
 
 
@@ -273,10 +247,6 @@ def _computed_day(summary: DaySummary) -> dict[str, Any]:
 
 def _empty_day(day: date) -> dict[str, Any]:
     return _computed_day(DaySummary("", day))
-
-
-def _ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
 
 
 def _trip(row: asyncpg.Record) -> dict[str, Any]:

@@ -200,35 +200,7 @@ def _positions_ddl(options: JobOptions) -> str:
 
 
 def _fixes_ddl(options: JobOptions) -> str:
-    target = jdbc_target(options.postgres)
-    return f"""
-        CREATE TEMPORARY TABLE fixes_sink (
-            device STRING,
-            fix_time STRING,
-            server_time STRING,
-            latitude DOUBLE,
-            longitude DOUBLE,
-            altitude FLOAT,
-            accuracy FLOAT,
-            h3 BIGINT,
-            speed FLOAT,
-            course FLOAT,
-            satellites INT,
-            valid BOOLEAN,
-            protocol STRING,
-            attributes STRING,
-            PRIMARY KEY (device, fix_time) NOT ENFORCED
-        ) WITH (
-            'connector' = 'jdbc',
-            'url' = {_sql_string(target.url)},
-            'table-name' = 'fixes',
-            'username' = {_sql_string(target.username)},
-            'password' = {_sql_string(target.password)},
-            'sink.buffer-flush.max-rows' = '{JDBC_BATCH_ROWS}',
-            'sink.buffer-flush.interval' = '{JDBC_BATCH_INTERVAL}',
-            'sink.max-retries' = '5'
-        )
-    """
+    return _jdbc_ddl(options, "fixes_sink", "fixes", _FIX_COLUMNS, "device, fix_time")
 
 
 def _jdbc_ddl(

@@ -18,7 +18,7 @@ from geo.trips import Idle, Record, Stop, Trip
 from pipeline.stream.database import DATABASE_ERRORS, BlockingDatabase
 from pipeline.stream.motion import FixRow, HistoryUnavailable
 
-__all__ = ["HistoryReader", "epoch_ms", "utc"]
+__all__ = ["HistoryReader", "epoch_ms", "period_record", "trip_record", "utc"]
 
 _OVERLAPPING = (
     "device = $1 AND end_time >= $2 AND ($3::timestamptz IS NULL OR start_time < $3)"
@@ -78,10 +78,11 @@ class HistoryReader:
         """Trips, stops and idles that may overlap ``[start_ms, end_ms)``, by start."""
         end = None if end_ms is None else utc(end_ms)
         arguments = (device, utc(start_ms), end)
-        found: list[Record] = [_trip(row) for row in self._fetch(_TRIPS, *arguments)]
+        trips = self._fetch(_TRIPS, *arguments)
+        found: list[Record] = [trip_record(row) for row in trips]
         for table, kind in (("stops", Stop), ("idles", Idle)):
             rows = self._fetch(_PERIODS.format(table=table), *arguments)
-            found += [_period(kind, row) for row in rows]
+            found += [period_record(kind, row) for row in rows]
         return sorted(found, key=lambda r: (r.start_ms, r.end_ms))
 
     def last_stop_start(self, device: str, at_or_before_ms: int) -> int | None:
@@ -111,7 +112,8 @@ class HistoryReader:
             raise HistoryUnavailable(message) from error
 
 
-def _trip(row: asyncpg.Record) -> Trip:
+def trip_record(row: asyncpg.Record) -> Trip:
+    """A ``trips`` row as a :class:`geo.trips.Trip`; the job and the API read alike."""
     start_ms = epoch_ms(row["start_time"])
     top = row["max_speed_time"]
     return Trip(
@@ -133,7 +135,8 @@ def _trip(row: asyncpg.Record) -> Trip:
     )
 
 
-def _period(kind: type[Stop] | type[Idle], row: asyncpg.Record) -> Stop | Idle:
+def period_record(kind: type[Stop] | type[Idle], row: asyncpg.Record) -> Stop | Idle:
+    """A ``stops`` or ``idles`` row as its :mod:`geo.trips` record."""
     return kind(
         row["device"],
         row["latitude"],

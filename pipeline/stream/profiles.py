@@ -112,6 +112,8 @@ def resolve_profile(
     ['filters: max_hdop must be a positive number or None, got -1']
     >>> resolve_profile(None, None, fleet_attributes={"speedLimit": 0})[1]
     ['motion_settings: speedLimit must be a positive number, got 0']
+    >>> resolve_profile({"alerts": {"ofline": {"after_s": 900}}}, None)[1]
+    ['alerts: unknown rule ofline (known: alarm, battery, idle, offline, overspeed)']
     """
     layers: list[_Layer] = [
         (f"{FLEET_LAYER}: ", _object(fleet_attributes)),
@@ -128,6 +130,7 @@ def resolve_profile(
             found.append((prefix, layer))
         return found
 
+    problems += _unknown_alert_rules(layers)
     alerts = AlertSettings(
         **{
             name: _layered(
@@ -156,6 +159,18 @@ def resolve_profile(
         geofences=geofences,
     )
     return profile, problems
+
+
+def _unknown_alert_rules(layers: list[_Layer]) -> list[str]:
+    """A sentence per layer that names an alert rule there is none of (a typo)."""
+    known = ", ".join(sorted(_ALERT_RULES))
+    problems = []
+    for prefix, layer in layers:
+        unknown = sorted(set(_object(layer.get("alerts"))) - set(_ALERT_RULES))
+        if unknown:
+            names = ", ".join(unknown)
+            problems.append(f"{prefix}alerts: unknown rule {names} (known: {known})")
+    return problems
 
 
 def _layered(
