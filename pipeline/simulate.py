@@ -29,6 +29,7 @@ import random
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -60,6 +61,9 @@ WireFormat = Literal["json", "protobuf"]
 
 PROGRESS_EVERY_S = 10.0
 DRAIN_TIMEOUT_S = 10.0
+#: How long the MQTT sender waits at the end for a lost connection to come back
+#: (paho retries every second), so that what it holds is still delivered.
+RECONNECT_GRACE_S = 3.0
 MAX_BACKOFF_S = 5.0
 MQTT_WINDOW = 100
 """Default cap of unacknowledged MQTT messages: paho slows down past a few hundred."""
@@ -609,6 +613,8 @@ class MqttSender:
         self._window = asyncio.Semaphore(options.window)
         self._in_flight = 0
         self._connected = False
+        # The event loop's view of ``_connected``, for waiting on it.
+        self._link_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         # PUBACKs arrive on paho's thread; they are queued and collected on the
@@ -622,7 +628,7 @@ class MqttSender:
         """Connect in paho's network thread (it reconnects by itself), then serve."""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"rastro-simulator-{os.getpid()}-{id(self):x}",
+            client_id=f"rastro-simulator-{uuid.uuid4().hex[:12]}",
             protocol=mqtt.MQTTv311,
         )
         if self._options.user:
@@ -679,13 +685,23 @@ class MqttSender:
     async def drain(self, timeout_s: float) -> None:
         """Wait for PUBACKs of everything in flight, at most ``timeout_s``.
 
-        Without a connection to the broker nothing will be acknowledged: no wait.
+        paho keeps unacknowledged QoS 1 messages through a dropped connection and
+        sends them again once it reconnects, so a broker that restarts (or comes up
+        late) is waited for, :data:`RECONNECT_GRACE_S` at most; with no broker at
+        all nothing will be acknowledged and the wait ends there.
         """
-        if not self._connected:
-            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
+                if not await self._connection(min(RECONNECT_GRACE_S, timeout_s)):
+                    return
                 await self._idle.wait()
+
+    async def _connection(self, grace_s: float) -> bool:
+        """Whether paho is connected, or reconnects within ``grace_s`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._link_up.wait()
+        return self._link_up.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -703,6 +719,7 @@ class MqttSender:
             log.warning("mqtt_connect_failed", reason=str(reason))
         else:
             self._connected = True
+            self._loop.call_soon_threadsafe(self._link_up.set)
             log.info("mqtt_connected", host=self._host, port=self._port)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
@@ -714,6 +731,7 @@ class MqttSender:
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._connected = False
+        self._loop.call_soon_threadsafe(self._link_up.clear)
         if getattr(reason, "is_failure", False):
             self._loop.call_soon_threadsafe(self._count_error)
             log.warning("mqtt_disconnected", reason=str(reason))

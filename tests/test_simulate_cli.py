@@ -33,6 +33,7 @@ from starlette.routing import Route
 from pipeline.model import Fix as FixMessage
 from pipeline.model import FixBatch, FixError, fix_from_json
 from pipeline.ports import free_port
+from pipeline.services.mqtt import SystemMosquitto
 from pipeline.simulate import (
     RateSample,
     SimulatorError,
@@ -610,6 +611,37 @@ class TestRunSimulationMqtt:
             await run_simulation(
                 "mqtt://127.0.0.1:1", via="mqtt", region=region, duration_s=0.1
             )
+
+    async def test_mqtt_broker_up_late_still_delivers(
+        self, region: str, tmp_path: Path
+    ) -> None:
+        """The broker comes up after the vehicles started (as after a restart):
+        paho keeps the QoS 1 messages, reconnects, and every one is acknowledged."""
+        port = free_port()
+        broker = SystemMosquitto(port, tmp_path / "mosquitto")
+
+        async def start_late() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(broker.start)
+
+        starter = asyncio.create_task(start_late())
+        try:
+            report = await run_simulation(
+                f"mqtt://127.0.0.1:{port}",
+                via="mqtt",
+                devices=5,
+                region=region,
+                interval_s=0.2,
+                duration_s=1.0,
+            )
+            await starter
+        finally:
+            broker.stop()
+
+        assert report.sent >= 5 * 4
+        assert report.errors >= 1
+        assert report.acknowledged == report.sent
+        assert report.dropped == report.rejected == 0
 
     async def test_mqtt_broker_down_counted(self):
         """With no broker, refused connections are counted and nothing raises."""
