@@ -154,8 +154,9 @@ async def api() -> AsyncIterator[ContractServer]:
     config.accesslog = None
     config.errorlog = None
     stopped = asyncio.Event()
+    app = _contract_app(server)
     serving = asyncio.create_task(
-        serve(_contract_app(server), config, shutdown_trigger=stopped.wait)  # type: ignore[arg-type]
+        serve(app, config, shutdown_trigger=stopped.wait)  # type: ignore[arg-type]
     )
     server.url = f"http://127.0.0.1:{port}"
     await _wait_for_port(port)

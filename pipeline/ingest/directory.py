@@ -9,11 +9,11 @@ the least recently used first.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import asyncpg
+
+from pipeline.store.expiring import ExpiringAnswers
 
 __all__ = ["DeviceDirectory"]
 
@@ -40,7 +40,9 @@ class DeviceDirectory:
         self.pool = pool
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._cache: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
+        self._owners: ExpiringAnswers[int | None] = ExpiringAnswers(
+            ttl_s, max_entries, missing=None
+        )
         self.queries = 0
 
     async def is_known(self, unique_id: str) -> bool:
@@ -49,52 +51,20 @@ class DeviceDirectory:
 
     async def owner_of(self, unique_id: str) -> int | None:
         """The owner's user id of the device, or ``None`` if it is not registered."""
-        now = time.monotonic()
-        cached = self._cache.get(unique_id)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(unique_id)
-            return cached[1]
-
-        owners = await self._query([unique_id])
-        self._remember(unique_id, owners.get(unique_id), now)
-        return owners.get(unique_id)
+        return (await self.owners_of([unique_id]))[unique_id]
 
     async def owners_of(self, unique_ids: Iterable[str]) -> dict[str, int | None]:
         """The owner of each uniqueId (``None`` when unknown), in one query at most."""
-        now = time.monotonic()
-        answers: dict[str, int | None] = {}
-        missing: list[str] = []
-        for unique_id in dict.fromkeys(unique_ids):
-            cached = self._cache.get(unique_id)
-            if cached is not None and cached[0] > now:
-                answers[unique_id] = cached[1]
-            else:
-                missing.append(unique_id)
-
-        if missing:
-            owners = await self._query(missing)
-            for unique_id in missing:
-                answers[unique_id] = owners.get(unique_id)
-                self._remember(unique_id, owners.get(unique_id), now)
-        return answers
+        return await self._owners.lookup(unique_ids, self._query)
 
     def forget(self, unique_id: str | None = None) -> None:
         """Drop one cached answer (or all), e.g. right after registering a device."""
-        if unique_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(unique_id, None)
+        self._owners.forget(unique_id)
 
-    async def _query(self, unique_ids: list[str]) -> dict[str, int]:
+    async def _query(self, unique_ids: list[str]) -> dict[str, int | None]:
         self.queries += 1
         rows = await self.pool.fetch(
             "SELECT unique_id, owner_id FROM devices WHERE unique_id = ANY($1::text[])",
             unique_ids,
         )
         return {str(row["unique_id"]): int(row["owner_id"]) for row in rows}
-
-    def _remember(self, unique_id: str, owner: int | None, now: float) -> None:
-        self._cache[unique_id] = (now + self.ttl_s, owner)
-        self._cache.move_to_end(unique_id)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)

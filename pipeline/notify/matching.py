@@ -18,8 +18,6 @@ query per batch.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +25,7 @@ import asyncpg
 
 from pipeline.notify.rules import EmailChannel, WebhookChannel
 from pipeline.notify.store import channels_from_rows
+from pipeline.store.expiring import ExpiringAnswers
 
 __all__ = ["DeviceAudience", "MatchedRule", "RuleMatcher"]
 
@@ -101,13 +100,15 @@ class RuleMatcher:
         self.pool = pool
         self.ttl_s = ttl_s
         self.max_devices = max_devices
-        self._cache: OrderedDict[str, tuple[float, DeviceAudience]] = OrderedDict()
+        self._audiences: ExpiringAnswers[DeviceAudience] = ExpiringAnswers(
+            ttl_s, max_devices, missing=_NOBODY
+        )
         self.queries = 0
 
     @property
     def cached(self) -> int:
         """How many devices' answers are held."""
-        return len(self._cache)
+        return len(self._audiences)
 
     async def audiences(self, devices: Iterable[str]) -> dict[str, DeviceAudience]:
         """The audience of each device, asking the database once for those unknown.
@@ -115,27 +116,11 @@ class RuleMatcher:
         Raises what asyncpg raises when the database cannot answer; nothing is
         cached then.
         """
-        now = time.monotonic()
-        answers: dict[str, DeviceAudience] = {}
-        missing: list[str] = []
-        for device in dict.fromkeys(devices):
-            cached = self._cache.get(device)
-            if cached is not None and cached[0] > now:
-                self._cache.move_to_end(device)
-                answers[device] = cached[1]
-            else:
-                missing.append(device)
-
-        if missing:
-            found = await self._query(missing)
-            for device in missing:
-                answers[device] = found.get(device, _NOBODY)
-                self._remember(device, answers[device], now)
-        return answers
+        return await self._audiences.lookup(devices, self._query)
 
     def forget(self) -> None:
         """Drop every cached answer (the next events ask the database again)."""
-        self._cache.clear()
+        self._audiences.forget()
 
     async def _query(self, devices: list[str]) -> dict[str, DeviceAudience]:
         self.queries += 1
@@ -163,9 +148,3 @@ class RuleMatcher:
             device: DeviceAudience(names[device], tuple(found))
             for device, found in rules.items()
         }
-
-    def _remember(self, device: str, audience: DeviceAudience, now: float) -> None:
-        self._cache[device] = (now + self.ttl_s, audience)
-        self._cache.move_to_end(device)
-        while len(self._cache) > self.max_devices:
-            self._cache.popitem(last=False)
