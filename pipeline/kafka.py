@@ -163,10 +163,16 @@ class DurableProducer:
         await self.send_many(topic, ((key, value),))
 
     async def send_many(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        timestamps_ms: Sequence[int] | None = None,
     ) -> None:
         """Send ``(key, value)`` records; resolve once every one is acknowledged.
 
+        ``timestamps_ms`` are the records' Kafka timestamps (epoch milliseconds),
+        one per record; without them the producer stamps the time of sending.
         Raises :class:`KafkaUnavailable` when any record failed or was not
         acknowledged within ``delivery_timeout_s``.  Records of one call keep their
         order within a partition.  After a failure some of the records may still
@@ -174,10 +180,13 @@ class DurableProducer:
         """
         if not records:
             return
+        if timestamps_ms is not None and len(timestamps_ms) != len(records):
+            message = f"{len(timestamps_ms)} timestamps for {len(records)} records"
+            raise ValueError(message)
         self._check_usable(topic)
         delivery = _Delivery(asyncio.get_running_loop(), len(records))
 
-        await self._produce_all(topic, records, delivery)
+        await self._produce_all(topic, records, timestamps_ms, delivery)
         try:
             async with asyncio.timeout(self.delivery_timeout_s + DELIVERY_GRACE_S):
                 await delivery.future
@@ -218,14 +227,20 @@ class DurableProducer:
         await self.close()
 
     async def _produce_all(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]], delivery: _Delivery
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        timestamps_ms: Sequence[int] | None,
+        delivery: _Delivery,
     ) -> None:
         produce = self._producer.produce
         index, count = 0, len(records)
         while index < count:
             key, value = records[index]
+            # librdkafka reads a timestamp of 0 as "now".
+            stamp = 0 if timestamps_ms is None else timestamps_ms[index]
             try:
-                produce(topic, value, key, on_delivery=delivery)
+                produce(topic, value, key, on_delivery=delivery, timestamp=stamp)
             except BufferError:
                 # librdkafka's local queue is full: let the poll thread drain it.
                 await asyncio.sleep(POLL_INTERVAL_S / 10)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -18,7 +20,7 @@ from pipeline.ingest.service import IngestService
 from pipeline.model import Fix
 from pipeline.services.kafka import EmbeddedKafka
 from tests.fixtures.ingest import MakeIngest, reset_rate_bucket
-from tests.fixtures.kafka import read_topic
+from tests.fixtures.kafka import read_messages, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +76,32 @@ class TestPositionsUpload:
         assert fixes[b"dev-1"].speed_kmh == pytest.approx(30.0)
         assert fixes[b"dev-1"].protocol == "json"
         assert ingest.accepted == 2
+
+    async def test_records_stamped_with_fix_time_never_ahead(
+        self, make_ingest: MakeIngest, kafka_bootstrap: str, ingest_topic: str
+    ) -> None:
+        """Kafka's record time is the fix time (the job's watermark follows it);
+        a fix from a clock running a day ahead is stamped when it arrived."""
+        ingest = await make_ingest(kafka_bootstrap, ingest_topic)
+        ahead = datetime.now(UTC) + timedelta(days=1)
+        body = [
+            _position("dev-1", 7),
+            _position("dev-2", time=ahead.isoformat().replace("+00:00", "Z")),
+        ]
+
+        async with _client(_app(ingest)) as client:
+            before_ms = time.time_ns() // 1_000_000
+            response = await client.post(PATH, json=body)
+            after_ms = time.time_ns() // 1_000_000
+
+        assert response.json() == {"accepted": 2}
+        stamps = {
+            message.key(): message.timestamp()[1]
+            for message in read_messages(kafka_bootstrap, ingest_topic, 2)
+        }
+        on_time = datetime(2025, 5, 9, 4, 11, 7, tzinfo=UTC).timestamp() * 1000
+        assert stamps[b"dev-1"] == on_time
+        assert before_ms <= stamps[b"dev-2"] <= after_ms
 
     async def test_upload_protobuf_batch_is_published(
         self, make_ingest: MakeIngest, kafka_bootstrap: str, ingest_topic: str

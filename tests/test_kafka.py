@@ -25,7 +25,7 @@ from pipeline.kafka import (
     tail_topic,
 )
 from pipeline.ports import free_port
-from tests.fixtures.kafka import read_topic, start_broker
+from tests.fixtures.kafka import read_messages, read_topic, start_broker
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +110,28 @@ class TestDurableProducer:
             await producer.send(topic, b"dev-1", b"hello")
 
         assert read_topic(kafka_bootstrap, topic, 1) == [(b"dev-1", b"hello")]
+
+    async def test_send_many_stamps_given_times(
+        self, kafka_bootstrap: str, kafka_topic: MakeTopic
+    ) -> None:
+        """Given timestamps become the records' Kafka times (the job's fix time)."""
+        topic = kafka_topic(partitions=2)
+        records = _records(20)
+        stamps = [1_772_352_000_000 + 5_000 * i for i in range(20)]
+
+        async with DurableProducer(kafka_bootstrap) as producer:
+            await producer.send_many(topic, records, timestamps_ms=stamps)
+
+        got = read_messages(kafka_bootstrap, topic, len(records))
+        sent = dict(zip((value for _, value in records), stamps, strict=True))
+        assert {m.value(): m.timestamp()[1] for m in got} == sent
+
+    async def test_send_many_timestamps_must_match_records(
+        self, kafka_bootstrap: str
+    ) -> None:
+        async with DurableProducer(kafka_bootstrap) as producer:
+            with pytest.raises(ValueError, match="2 timestamps for 3 records"):
+                await producer.send_many("positions", _records(3), timestamps_ms=[1, 2])
 
     async def test_send_many_keeps_key_order(
         self, kafka_bootstrap: str, kafka_topic: MakeTopic

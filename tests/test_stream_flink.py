@@ -38,6 +38,7 @@ from geo.geofences import (
 )
 from geo.summaries import summarise
 from geo.trips import Record, Trip, TripSettings, detect_trips
+from pipeline.ingest.service import record_time_ms
 from pipeline.kafka import EVENTS
 from pipeline.model import Event, Fix
 from pipeline.notify.messages import decode_event
@@ -78,15 +79,26 @@ def _fix(device: str, fix_time_ms: int, step: int, **changes: Any) -> Fix:
     return fix
 
 
-def _produce(bootstrap: str, payloads: list[tuple[str, bytes]]) -> None:
+def _produce(
+    bootstrap: str, payloads: list[tuple[str, bytes]], stamps: list[int] | None = None
+) -> None:
+    """Records as ingest writes them: keyed by device, stamped with the fix time."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for key, value in payloads:
-        producer.produce(POSITIONS_TOPIC, key=key.encode(), value=value)
+    for index, (key, value) in enumerate(payloads):
+        stamp = 0 if stamps is None else stamps[index]  # 0: now
+        producer.produce(
+            POSITIONS_TOPIC, key=key.encode(), value=value, timestamp=stamp
+        )
     assert producer.flush(30) == 0
 
 
 def _send(bootstrap: str, fixes: list[Fix]) -> None:
-    _produce(bootstrap, [(fix.device, fix.SerializeToString()) for fix in fixes])
+    now_ms = time.time_ns() // 1_000_000
+    _produce(
+        bootstrap,
+        [(fix.device, fix.SerializeToString()) for fix in fixes],
+        [record_time_ms(fix, now_ms) for fix in fixes],
+    )
 
 
 def _query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -204,6 +216,8 @@ def _feed(dsn: str, kafka: str, redis_url: str, job: StreamJob) -> Scenario:
     ]
     _send(kafka, fixes)
     _produce(kafka, [(truck, b"\xff\xfe not a fix")])
+    misfiled = _fix(van, base + 30_000, 30)  # keyed by another device: refused
+    _produce(kafka, [(truck, misfiled.SerializeToString())], [base + 30_000])
     times = {
         truck: [base + step * 1000 for step in range(10)],
         van: [base + step * 1000 for step in range(3)],

@@ -2,10 +2,11 @@
 
 :meth:`IngestService.accept` checks each record (may this caller report for the
 device? is the device within its rate?), publishes every admitted record in one
-``send_many`` keyed by device (so a device's fixes stay in order on one partition),
-and returns only once Kafka acknowledged them all.  If Kafka did not acknowledge,
-:class:`~pipeline.kafka.KafkaUnavailable` propagates and the caller must not tell
-the device its upload was taken (HTTP 503, no MQTT PUBACK).
+``send_many`` keyed by device (so a device's fixes stay in order on one partition)
+and stamped with the fix time (:func:`record_time_ms`: the streaming job's
+watermarks follow it), and returns only once Kafka acknowledged them all.  If Kafka
+did not acknowledge, :class:`~pipeline.kafka.KafkaUnavailable` propagates and the
+caller must not tell the device its upload was taken (HTTP 503, no MQTT PUBACK).
 
 The two steps are also offered apart, :meth:`IngestService.screen` and
 :meth:`IngestService.publish`, so that a caller retrying a failed publish (the MQTT
@@ -15,6 +16,7 @@ bridge) does not spend the devices' rate tokens twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = [
     "KafkaUnavailable",
     "Rejection",
     "Screened",
+    "record_time_ms",
 ]
 
 log = structlog.get_logger("rastro.ingest")
@@ -46,8 +49,33 @@ class FixProducer(Protocol):
     """What ingest needs of a producer (:class:`pipeline.kafka.DurableProducer`)."""
 
     async def send_many(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        timestamps_ms: Sequence[int] | None = None,
     ) -> None: ...
+
+
+def record_time_ms(fix: Fix, now_ms: int) -> int:
+    """The Kafka timestamp of a fix's record: its fix time, never ahead of now.
+
+    The streaming job's watermark follows these timestamps (the fix times, per
+    partition), so a device whose clock runs ahead must not carry it forward:
+    such a fix, or one without a time, is stamped with the time it arrived (the
+    job still judges its own time).  The broker also refuses records stamped
+    far in the future.
+
+    >>> record_time_ms(Fix(fix_time_ms=1_000), now_ms=5_000)
+    1000
+    >>> record_time_ms(Fix(fix_time_ms=9_000), now_ms=5_000)
+    5000
+    >>> record_time_ms(Fix(), now_ms=5_000)
+    5000
+    """
+    if 0 < fix.fix_time_ms <= now_ms:
+        return int(fix.fix_time_ms)
+    return now_ms
 
 
 @dataclass(frozen=True)
@@ -143,8 +171,10 @@ class IngestService:
         records = [
             (fix.device.encode(), fix.SerializeToString()) for _, fix in admitted
         ]
+        now_ms = time.time_ns() // 1_000_000
+        stamps = [record_time_ms(fix, now_ms) for _, fix in admitted]
         try:
-            await self.producer.send_many(self.topic, records)
+            await self.producer.send_many(self.topic, records, timestamps_ms=stamps)
         except KafkaUnavailable:
             self.kafka_failures += 1
             raise

@@ -1,9 +1,12 @@
-"""The Python functions of the streaming job: decode and check, then per-device state.
+"""The Python function of the streaming job: per device, decode and check, then state.
 
-Both are thin: the decisions live in :mod:`pipeline.stream.records` and
-:mod:`pipeline.stream.motion`.  They run in Flink's thread mode, inside the
-TaskManager's JVM, so they must be picklable and open their connections in
-:meth:`open`.
+It is thin: the decisions live in :mod:`pipeline.stream.records` and
+:mod:`pipeline.stream.motion`.  It runs in Flink's thread mode, inside the
+TaskManager's JVM, so it must be picklable and open its connections in
+:meth:`open`.  It is the job's only Python operator: the Kafka source, the
+watermarks (Kafka record time, which ingest sets to the fix time) and the keying
+(Kafka record key, the device) stay in the JVM, because every crossing into
+Python costs a record conversion there and back.
 """
 
 from __future__ import annotations
@@ -14,11 +17,8 @@ from typing import Any
 
 import structlog
 from pyflink.common import Row, Types
-from pyflink.common.time import Time
 from pyflink.common.typeinfo import TypeInformation
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
-    FlatMapFunction,
     KeyedProcessFunction,
     OutputTag,
     RuntimeContext,
@@ -26,7 +26,6 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import (
     MapStateDescriptor,
-    StateTtlConfig,
     ValueStateDescriptor,
 )
 
@@ -48,10 +47,9 @@ from pipeline.stream.results import side_outputs
 from pipeline.stream.snapshot import freeze, thaw
 
 __all__ = [
-    "DEDUP_TTL_HOURS",
-    "AcceptFixes",
+    "DEDUP_WINDOW_MS",
+    "KEY_MISMATCH",
     "DeviceState",
-    "FixTime",
     "fix_row_type",
 ]
 
@@ -69,9 +67,14 @@ WALL_TIMER_STEP_MS = 100
 #: still written to Flink with every change; this only saves reading it back).
 STATE_CACHE_DEVICES = 20_000
 
-#: How long a device remembers the fixes it accepted, to drop exact repeats.
-#: Trackers resend their unacknowledged buffer after a reconnect, within minutes.
-DEDUP_TTL_HOURS = 1
+#: The rejection reason of a record whose Kafka key is not its fix's device: the
+#: job keys its state by the record key, so such a record cannot be judged.
+KEY_MISMATCH = "key_mismatch"
+
+#: A device remembers the position of every fix it accepted up to this much fix
+#: time before its newest one, to drop exact repeats: trackers resend their
+#: unacknowledged buffer after a reconnect, within minutes.
+DEDUP_WINDOW_MS = 3_600_000
 
 
 def fix_row_type() -> TypeInformation:
@@ -97,42 +100,13 @@ def fix_row_type() -> TypeInformation:
     return Types.ROW_NAMED(list(FIELD_NAMES), types)
 
 
-class AcceptFixes(FlatMapFunction):  # type: ignore[misc]
-    """Kafka payload -> accepted fix row, or nothing (counted by reason)."""
-
-    def __init__(self, h3_resolution: int) -> None:
-        self._resolution = h3_resolution
-        self._rejected: dict[str, Any] = {}
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        """Register one rejection counter per reason code."""
-        metrics = runtime_context.get_metrics_group()
-        reasons = [MALFORMED, *(reason.value for reason in Rejection)]
-        self._rejected = {
-            reason: metrics.counter("fixes_rejected_" + reason) for reason in reasons
-        }
-
-    def flat_map(self, value: Row) -> Iterator[Row]:
-        """Emit the fix as a row when it passes the rules."""
-        outcome = accept(value[0], self._resolution)
-        if isinstance(outcome, Accepted):
-            yield Row(*outcome.as_tuple())
-            return
-
-        self._rejected[outcome].inc()
-        log.debug("fix_rejected", reason=outcome)
-
-
-class FixTime(TimestampAssigner):  # type: ignore[misc]
-    """Event time is the device's fix time."""
-
-    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
-        """Read ``fix_time_ms`` from an accepted fix row."""
-        return int(value[1])
-
-
 class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
-    """Per device: drop exact repeats, latest to Redis, then trips, geofences, alerts.
+    """Per device: check, drop exact repeats, latest to Redis, then the steppers.
+
+    The input is ``Row(payload)`` keyed by the record's Kafka key: the payload is
+    decoded and checked here (:func:`~pipeline.stream.records.accept`); a refused
+    record is counted by reason (``fixes_rejected_<reason>``), and one whose key is
+    not its device (:data:`KEY_MISMATCH`) too.
 
     The main output is every fix that is not a repeat, at once (history and the
     live feed).  The same fix then goes to :class:`~pipeline.stream.motion.
@@ -140,7 +114,9 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
     what they produce leaves on the side outputs of :mod:`pipeline.stream.results`.
 
     State: the newest accepted fix time and the position accepted at each recent
-    fix time (kept :data:`DEDUP_TTL_HOURS`), and the pickled
+    fix time (:data:`DEDUP_WINDOW_MS`; forgotten once an hour of fix time, not
+    with a state TTL, whose clean-up on every access cost a quarter of the
+    operator's time), and the pickled
     :class:`~pipeline.stream.motion.MotionState`.  All of it is checkpointed, so
     after a restore a replayed fix is recognised as already seen and the steppers
     resume where the checkpoint left them.
@@ -154,8 +130,11 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         redis_url: str,
         postgres_dsn: str,
         lateness_ms: int,
+        h3_resolution: int,
         fleet_attributes: Mapping[str, Any] | None = None,
     ) -> None:
+        self._resolution = h3_resolution
+        self._rejected: dict[str, Any] = {}
         self._redis_url = redis_url
         self._postgres_dsn = postgres_dsn
         self._lateness_ms = lateness_ms
@@ -170,17 +149,20 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._latest = runtime_context.get_state(
             ValueStateDescriptor("latest_fix_time_ms", Types.LONG())
         )
-        seen = MapStateDescriptor("seen_positions", Types.LONG(), Types.STRING())
-        seen.enable_time_to_live(
-            StateTtlConfig.new_builder(Time.hours(DEDUP_TTL_HOURS)).build()
+        # Not "seen_positions": that one had a TTL, and a restore refuses a
+        # descriptor whose TTL changed.
+        self._seen = runtime_context.get_map_state(
+            MapStateDescriptor("seen_fix_positions", Types.LONG(), Types.STRING())
         )
-        self._seen = runtime_context.get_map_state(seen)
         self._motion = runtime_context.get_state(
             ValueStateDescriptor("motion", Types.PICKLED_BYTE_ARRAY())
         )
-        self._duplicates = runtime_context.get_metrics_group().counter(
-            "fixes_duplicate"
-        )
+        metrics = runtime_context.get_metrics_group()
+        self._duplicates = metrics.counter("fixes_duplicate")
+        reasons = [MALFORMED, KEY_MISMATCH, *(reason.value for reason in Rejection)]
+        self._rejected = {
+            reason: metrics.counter("fixes_rejected_" + reason) for reason in reasons
+        }
         self._store = LatestStore(self._redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
 
         self._database = BlockingDatabase(self._postgres_dsn)
@@ -200,17 +182,22 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(
         self, value: Row, ctx: KeyedProcessFunction.Context
     ) -> Iterator[Row | tuple[OutputTag, Row]]:
-        """Pass a fix on unless it repeats one; store it in Redis if newest.
+        """Pass a fix on unless refused or a repeat; store it in Redis if newest.
 
         Then hand it to the steppers and emit what they produced.
         """
-        fix_time_ms = value[1]
-        signature = position_signature(value[3], value[4])
+        fix = self._accepted(value[0], ctx.get_current_key())
+        if fix is None:
+            return
+
+        fix_time_ms = fix[1]
+        signature = position_signature(fix[3], fix[4])
+        latest_ms = self._latest.value()
         verdict = judge(
             fix_time_ms,
             signature,
             seen_signature=self._seen.get(fix_time_ms),
-            latest_ms=self._latest.value(),
+            latest_ms=latest_ms,
         )
         if verdict.duplicate:
             self._duplicates.inc()
@@ -219,15 +206,17 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._seen.put(fix_time_ms, signature)
         if verdict.newest:
             self._latest.update(fix_time_ms)
-            self._offer_latest(value[0], fix_time_ms, value[14], ctx)
-        yield value
+            self._offer_latest(fix[0], fix_time_ms, fix[14], ctx)
+            if _new_window(latest_ms, fix_time_ms):
+                self._forget_seen_before(fix_time_ms - DEDUP_WINDOW_MS)
+        yield Row(*fix)
 
         self._catalog.refresh()
-        state = self._load(value[0])
+        state = self._load(fix[0])
         assert state is not None
         out = Outputs()
         wall_ms = ctx.timer_service().current_processing_time()
-        self._engine.receive(state, tuple(value[:14]), wall_ms, out)
+        self._engine.receive(state, fix[:14], wall_ms, out)
         self._schedule(state, ctx)
         self._motion.update(freeze(state))
         yield from side_outputs(out, wall_ms)
@@ -263,6 +252,32 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._schedule(state, ctx)
         self._motion.update(freeze(state))
         yield from side_outputs(out, wall_ms)
+
+    def _accepted(self, payload: bytes, key: str) -> tuple[Any, ...] | None:
+        """The fix as a row tuple (:data:`FIELD_NAMES`), or ``None`` once counted."""
+        outcome = accept(payload, self._resolution)
+        if not isinstance(outcome, Accepted):
+            self._rejected[outcome].inc()
+            log.debug("fix_rejected", reason=outcome, key=key)
+            return None
+        if outcome.device != key:
+            self._rejected[KEY_MISMATCH].inc()
+            log.warning(
+                "fix_rejected_key_mismatch",
+                key=key,
+                device=outcome.device,
+                hint="producers to the positions topic must key records by device",
+            )
+            return None
+        return outcome.as_tuple()
+
+    def _forget_seen_before(self, horizon_ms: int) -> None:
+        """Drop the remembered positions of fixes older than ``horizon_ms``."""
+        old = [
+            fix_time_ms for fix_time_ms in self._seen.keys() if fix_time_ms < horizon_ms
+        ]
+        for fix_time_ms in old:
+            self._seen.remove(fix_time_ms)
 
     def _flush_latest_if_due(self, timestamp: int) -> None:
         """Write the pending latest fixes once their flush timer is reached.
@@ -350,6 +365,20 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
             due = service.current_processing_time() + LATEST_FLUSH_MS
             service.register_processing_time_timer(due)
             self._latest_flush_ms = due
+
+
+def _new_window(latest_ms: int | None, fix_time_ms: int) -> bool:
+    """Whether a device's newest fix time entered a new :data:`DEDUP_WINDOW_MS`.
+
+    That is when its remembered positions are pruned: a device keeps between one
+    and two windows of them.
+
+    >>> _new_window(None, 5_000), _new_window(3_599_000, 3_600_000)
+    (False, True)
+    """
+    if latest_ms is None:
+        return False
+    return fix_time_ms // DEDUP_WINDOW_MS != latest_ms // DEDUP_WINDOW_MS
 
 
 def _watermark(ctx: KeyedProcessFunction.Context) -> int | None:

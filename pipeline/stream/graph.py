@@ -2,8 +2,8 @@
 
 Kept apart from the entry point so that importing :func:`job_command` (the
 supervisor does) does not start loading PyFlink.  Kafka and JDBC are declared as
-SQL tables, so their parsing and batching run in the JVM; only the decode/check and
-the per-device state are Python.
+SQL tables, so their parsing and batching run in the JVM, and so do the watermarks
+and the keying: the device operator is the only Python one.
 
 The device operator's side outputs (:mod:`pipeline.stream.results`) each feed a
 JDBC upsert sink: filter marks into ``fixes``, then ``trips``, ``stops``,
@@ -20,15 +20,22 @@ import sys
 from pathlib import Path
 
 import structlog
-from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
+from pyflink.common import Configuration, Types
+from pyflink.common.typeinfo import TypeInformation
+from pyflink.datastream import (
+    DataStream,
+    KeyedStream,
+    OutputTag,
+    StreamExecutionEnvironment,
+)
+from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment, Table
 
 from pipeline.config import parse_motion_settings
 from pipeline.jars import ensure_jars
 from pipeline.kafka import EVENTS
 from pipeline.stream import results
-from pipeline.stream.functions import AcceptFixes, DeviceState, FixTime, fix_row_type
+from pipeline.stream.functions import DeviceState, fix_row_type
 from pipeline.stream.job import (
     CONSUMER_GROUP,
     JOB_NAME,
@@ -121,21 +128,21 @@ def build_job(options: JobOptions) -> StreamExecutionEnvironment:
         tables.execute_sql(_jdbc_ddl(options, name, table, columns, key))
     tables.execute_sql(_events_topic_ddl(options))
 
-    payloads = tables.to_data_stream(tables.from_path("positions"))
-    accepted = (
-        payloads.flat_map(AcceptFixes(options.h3_resolution), fix_row_type())
-        .name("accept_fixes")
-        .uid("accept-fixes")
-        .assign_timestamps_and_watermarks(_watermarks(options))
-        .name("fix_time_watermarks")
-        .uid("fix-time-watermarks")
-    )
     lateness_ms = round(options.lateness * 1000)
     fleet = parse_motion_settings(options.motion_settings)
+    records = tables.to_append_stream(
+        tables.sql_query(_RECORDS_BY_DEVICE), _record_row_type()
+    )
     kept = (
-        accepted.key_by(lambda row: row[0], key_type=Types.STRING())
+        _keyed_by_device(records)
         .process(
-            DeviceState(options.redis, options.postgres, lateness_ms, fleet),
+            DeviceState(
+                options.redis,
+                options.postgres,
+                lateness_ms,
+                options.h3_resolution,
+                fleet,
+            ),
             fix_row_type(),
         )
         .name("device_state")
@@ -166,17 +173,30 @@ def _side_table(
     return tables.from_data_stream(side)
 
 
-def _watermarks(options: JobOptions) -> WatermarkStrategy:
-    """Fix time, bounded out of order by the lateness.
+def _record_row_type() -> TypeInformation:
+    """``Row(device, Row(payload))``: the shape a keyed Python operator reads.
 
-    No ``with_idleness``: with PyFlink 2.2.1's Python timestamp assigner it stops
-    the watermark from ever advancing (checked: event-time timers then fire only at
-    the end of input).  A source subtask without data holds the watermark back
-    instead, and the device operator's wall-clock fallback fires its timers.
+    PyFlink's keyed operators take ``Row(key, value)`` and hand ``value`` to the
+    function; :data:`_RECORDS_BY_DEVICE` produces that shape directly.
     """
-    return WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(round(options.lateness * 1000))
-    ).with_timestamp_assigner(FixTime())
+    payload = Types.ROW_NAMED(["payload"], [Types.PRIMITIVE_ARRAY(Types.BYTE())])
+    return Types.ROW_NAMED(["device", "record"], [Types.STRING(), payload])
+
+
+def _keyed_by_device(records: DataStream) -> KeyedStream:
+    """``records`` keyed by their first field, in the JVM.
+
+    ``DataStream.key_by`` always adds a Python map that computes the key, one more
+    crossing into Python and back per fix; the key here is already a column (the
+    Kafka record key), so the stream is keyed the way that map's output would be,
+    with PyFlink's own key selector for ``Row(key, value)``.  The Flink tests run
+    the whole job through it.
+    """
+    gateway = get_gateway()
+    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
+    j_stream = records._j_data_stream  # private: see the docstring
+    j_keyed = j_stream.keyBy(gateway.jvm.KeyByKeySelector(), key_type)
+    return KeyedStream(j_keyed, records.get_type(), records)
 
 
 def _sql_string(value: str) -> str:
@@ -185,18 +205,54 @@ def _sql_string(value: str) -> str:
 
 
 def _positions_ddl(options: JobOptions) -> str:
+    """The ``positions`` topic: device (record key), payload and fix time.
+
+    Ingest keys each record by its device and stamps it with the fix time
+    (:func:`pipeline.ingest.service.record_time_ms`), so the watermark is computed
+    in the JVM, per partition: the newest fix time read minus the lateness.  A
+    partition without records for :func:`_idle_timeout` stops holding it back.
+    """
     startup = "earliest-offset" if options.from_beginning else "group-offsets"
+    lateness_ms = round(options.lateness * 1000)
+    lateness = f"{lateness_ms // 1000}.{lateness_ms % 1000:03d}"
     return f"""
-        CREATE TEMPORARY TABLE positions (payload BYTES) WITH (
+        CREATE TEMPORARY TABLE positions (
+            device STRING,
+            payload BYTES,
+            fix_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+            WATERMARK FOR fix_time AS fix_time - INTERVAL '{lateness}' SECOND
+        ) WITH (
             'connector' = 'kafka',
             'topic' = '{POSITIONS_TOPIC}',
             'properties.bootstrap.servers' = {_sql_string(options.kafka)},
             'properties.group.id' = '{CONSUMER_GROUP}',
             'properties.auto.offset.reset' = 'earliest',
             'scan.startup.mode' = '{startup}',
-            'format' = 'raw'
+            'scan.watermark.idle-timeout' = '{_idle_timeout(options)} ms',
+            'key.format' = 'raw',
+            'key.fields' = 'device',
+            'value.format' = 'raw',
+            'value.fields-include' = 'EXCEPT_KEY'
         )
     """
+
+
+def _idle_timeout(options: JobOptions) -> int:
+    """Milliseconds after which a partition without records is left out of the
+    watermark: the lateness, and never under a second.
+
+    A fleet smaller than the partition count leaves partitions empty; waiting on
+    them would stop every event-time timer (the device operator's wall-clock
+    fallback would still release fixes, a lateness later).
+    """
+    return max(1000, round(options.lateness * 1000))
+
+
+#: Records without a key get an empty one: decoded, they are refused as
+#: :data:`~pipeline.stream.functions.KEY_MISMATCH`, counted, not lost silently.
+_RECORDS_BY_DEVICE = """
+    SELECT COALESCE(device, '') AS device, ROW(payload) AS record FROM positions
+"""
 
 
 def _fixes_ddl(options: JobOptions) -> str:

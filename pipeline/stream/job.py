@@ -2,10 +2,12 @@
 
 Source, watermarks, per-device state, sinks::
 
-    Kafka positions (raw protobuf, group rastro-stream)
-      -> AcceptFixes: decode, validity rules, H3 cell          (Python, thread mode)
-      -> watermarks on fix time, bounded out-of-orderness
-      -> key by device -> DeviceState: drop repeats, latest to Redis
+    Kafka positions (raw protobuf, group rastro-stream; key = device,
+                     record time = fix time, both set by ingest)
+      -> watermarks on record time, bounded out-of-orderness   (JVM, per partition)
+      -> key by record key                                     (JVM)
+      -> DeviceState: decode, validity rules, H3 cell, drop repeats, latest to
+         Redis, then the steppers                              (Python, thread mode)
       -> JDBC upsert into fixes (batched, idempotent on (device, fix_time))
       -> Kafka live (protobuf with h3 set, key = device)
 

@@ -170,7 +170,12 @@ def produce(bootstrap: str, fixes: Sequence[FixPoint]) -> None:
         }
     )
     for fix in fixes:
-        producer.produce(POSITIONS_TOPIC, key=fix.device.encode(), value=payload(fix))
+        producer.produce(
+            POSITIONS_TOPIC,
+            key=fix.device.encode(),
+            value=payload(fix),
+            timestamp=fix.time_ms,  # as ingest stamps it: the fix time
+        )
         producer.poll(0)
     producer.flush(120)
 
@@ -343,6 +348,7 @@ def measure_latency(services: Services, samples: int) -> dict[str, float]:
                     POSITIONS_TOPIC,
                     key=device.encode(),
                     value=payload(fix),
+                    timestamp=fix.time_ms,
                     on_delivery=lambda error, _, acked=acked: acked.append(
                         time.monotonic()
                     ),
