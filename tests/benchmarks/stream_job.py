@@ -63,7 +63,7 @@ from pipeline.services.kafka import EmbeddedKafka
 from pipeline.services.postgres import SystemPostgres, run_coroutine
 from pipeline.services.redis import SystemRedis
 from pipeline.store.migrations import migrate
-from pipeline.stream.job import POSITIONS_TOPIC
+from pipeline.stream.job import POSITIONS_TOPIC, job_environment
 from pipeline.stream.motion import DeviceMotion, MotionState, Outputs
 from pipeline.stream.profiles import DeviceProfile
 from pipeline.stream.records import accept, judge, position_signature
@@ -237,10 +237,6 @@ def start_job(
         "pipeline.stream.job",
         "--kafka",
         services.kafka,
-        "--postgres",
-        dsn,
-        "--redis",
-        services.redis,
         "--data",
         str(data),
         "--parallelism",
@@ -252,7 +248,11 @@ def start_job(
         "--from-beginning",
     ]
     process = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        argv,
+        env={**os.environ, **job_environment(dsn, services.redis)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while "stream_job_running" not in (data / "job.log").read_text(errors="replace"):

@@ -70,6 +70,10 @@ SIX_RECORDS = bytes.fromhex(
 )
 CONNECT_AT_ONCE = 200
 
+# The server process's PostgreSQL and Redis addresses (they may hold passwords).
+_POSTGRES_ENV = "RASTRO_BENCH_POSTGRES"
+_REDIS_ENV = "RASTRO_BENCH_REDIS"
+
 
 @dataclass(frozen=True)
 class Services:
@@ -189,15 +193,17 @@ def server_process(services: Services, port: int) -> Iterator[subprocess.Popen[s
         "serve",
         "--kafka",
         services.kafka,
-        "--postgres",
-        services.postgres,
-        "--redis",
-        services.redis,
         "--port",
         str(port),
     ]
+    # Addresses that may hold a password go through the environment, not argv.
+    secrets = {_POSTGRES_ENV: services.postgres, _REDIS_ENV: services.redis}
     child = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        argv,
+        env={**os.environ, **secrets},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None
@@ -326,8 +332,8 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     child = commands.add_parser("serve", help="(internal) the server process")
     child.add_argument("--kafka", required=True)
-    child.add_argument("--postgres", required=True)
-    child.add_argument("--redis", required=True)
+    child.add_argument("--postgres", default=os.environ.get(_POSTGRES_ENV))
+    child.add_argument("--redis", default=os.environ.get(_REDIS_ENV))
     child.add_argument("--port", type=int, required=True)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--devices", type=int, default=1_000)
