@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -21,6 +22,9 @@ from typing import Any, Final
 
 class SettingError(ValueError):
     """A setting has a value Rastro cannot use; the message names the setting."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _setting(default: Any, help_text: str, *, flag: bool = True) -> Any:
@@ -97,6 +101,11 @@ class Settings:
     smtp_from: str = _setting("", "sender of notification e-mails (rastro@localhost)")
     smtp_starttls: bool = _setting(True, "upgrade the SMTP connection with STARTTLS")
     smtp_password: str = _setting("", "SMTP password (a secret)", flag=False)
+    webhook_allowed_networks: str = _setting(
+        "",
+        "comma-separated networks (CIDR) webhooks may reach besides public "
+        "addresses, e.g. 10.0.0.0/8; empty: public addresses only",
+    )
     admin_password: str = _setting(
         "", "password of 'admin' on first start; empty: random", flag=False
     )
@@ -219,6 +228,8 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 def _convert(name: str, raw: Any, kind: type) -> Any:
     if name == "motion_settings":
         return _motion_text(raw)
+    if name == "webhook_allowed_networks":
+        return _networks_text(name, raw)
     if kind is bool:
         return _boolean(name, raw)
     if kind is float:
@@ -317,6 +328,38 @@ def _motion_text(raw: Any) -> str:
     except (TypeError, ValueError) as error:
         message = f"setting 'motion_settings' must hold only JSON values: {error}"
         raise SettingError(message) from error
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """The networks of a comma-separated list in CIDR form; empty text gives none.
+
+    >>> parse_networks("10.0.0.0/8, fd00::/8")
+    (IPv4Network('10.0.0.0/8'), IPv6Network('fd00::/8'))
+    >>> parse_networks("10.0.0.0/33")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a network in CIDR form (such as 10.0.0.0/8): '10.0.0.0/33'
+    """
+    networks: list[IPNetwork] = []
+    for part in text.split(","):
+        written = part.strip()
+        if not written:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(written, strict=False))
+        except ValueError:
+            message = f"not a network in CIDR form (such as 10.0.0.0/8): {written!r}"
+            raise ValueError(message) from None
+    return tuple(networks)
+
+
+def _networks_text(name: str, raw: Any) -> str:
+    """A list of networks, checked and written back in canonical form."""
+    try:
+        networks = parse_networks(str(raw))
+    except ValueError as error:
+        raise SettingError(f"setting {name!r}: {error}") from None
+    return ",".join(str(network) for network in networks)
 
 
 def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, Any]:

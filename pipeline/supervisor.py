@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings, load_settings, parse_networks
 from pipeline.logs import configure_logging
 from pipeline.ports import ensure_port_free, ensure_udp_port_free, free_port
 
@@ -237,6 +237,9 @@ async def _serve(
                 live_source=lambda: tail_topic(addresses.kafka, LIVE),
                 events_source=lambda: tail_topic(addresses.kafka, EVENTS),
                 ready=ready,
+                webhook_allowed_networks=parse_networks(
+                    settings.webhook_allowed_networks
+                ),
             )
             api = create_api(context)
             async with (
@@ -329,6 +332,7 @@ def _run_background(
         smtp_password=settings.smtp_password,
         smtp_from=settings.smtp_from,
         smtp_starttls=settings.smtp_starttls,
+        webhook_allowed_networks=settings.webhook_allowed_networks,
     )
     tasks.create_task(_watch_children(running, shutdown))
     tasks.create_task(_until(shutdown, maintain_partitions(addresses.postgres)))

@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from pipeline.api.app import ApiContext, create_api
+from pipeline.config import parse_networks
+from pipeline.notify.webhook import NOT_PUBLIC
 from pipeline.ports import free_port
 from tests.fixtures.api import Caller, running_api, unique_id
 from tests.fixtures.notify import WebhookReceiver
@@ -372,8 +374,9 @@ class TestDatabaseDown:
 
 class TestTestSend:
     async def test_test_send_reaches_webhook(
-        self, api_client: httpx.AsyncClient, alice: Caller
+        self, api_client: httpx.AsyncClient, api_context: ApiContext, alice: Caller
     ) -> None:
+        api_context.webhook_allowed_networks = parse_networks("127.0.0.0/8")
         receiver = WebhookReceiver(fail_first=1)
         async with running_api(receiver.app) as base:
             url = f"{base}/hook"
@@ -396,6 +399,26 @@ class TestTestSend:
         assert call.headers["x-rastro-signature"] == f"sha256={digest}"
         event = json.loads(call.body)["event"]
         assert (event["type"], event["attributes"]) == ("overspeed", {"test": True})
+
+    async def test_test_send_refuses_a_private_address(
+        self, api_client: httpx.AsyncClient, alice: Caller
+    ) -> None:
+        """The test send is no way into the server's network: loopback is not a
+        public address, and the operator has not allowed it here."""
+        receiver = WebhookReceiver()
+        async with running_api(receiver.app) as base:
+            url = f"{base}/hook"
+            hook = {"type": "webhook", "url": url, "secret": SECRET}
+            created = await _create(
+                api_client, alice, channels=[hook], eventTypes=["overspeed"]
+            )
+            path = f"{RULES}/{created['id']}/test"
+            answer = await api_client.post(path, headers=alice.headers)
+
+        assert answer.json() == {
+            "webhooks": [{"url": url, "delivered": False, "error": NOT_PUBLIC}]
+        }
+        assert receiver.calls == []
 
     async def test_test_send_needs_webhook(
         self, api_client: httpx.AsyncClient, alice: Caller, bob: Caller

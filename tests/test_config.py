@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline.config import (
     add_setting_flags,
     flags_from_namespace,
     load_settings,
+    parse_networks,
     redact_url,
 )
 from pipeline.ports import ensure_port_free
@@ -60,6 +62,25 @@ class TestLoadSettings:
     def test_bad_port_names_the_setting(self) -> None:
         with pytest.raises(SettingError, match="'http_port' must be a whole number"):
             load_settings({}, environ={"RASTRO_HTTP_PORT": "eighty"})
+
+    def test_webhook_networks_checked_and_canonical(self) -> None:
+        environ = {"RASTRO_WEBHOOK_ALLOWED_NETWORKS": " 10.1.2.3/8 ,fd00::/8,"}
+
+        settings = load_settings({}, environ=environ)
+
+        assert settings.webhook_allowed_networks == "10.0.0.0/8,fd00::/8"
+        assert parse_networks(settings.webhook_allowed_networks) == (
+            ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("fd00::/8"),
+        )
+
+    def test_bad_webhook_network_names_the_setting(self) -> None:
+        environ = {"RASTRO_WEBHOOK_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}
+
+        with pytest.raises(
+            SettingError, match=r"'webhook_allowed_networks': not a network.*'intranet'"
+        ):
+            load_settings({}, environ=environ)
 
     def test_unknown_file_key_is_refused(self, tmp_path: Path) -> None:
         config = tmp_path / "rastro.toml"

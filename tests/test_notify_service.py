@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from pipeline.config import parse_networks
 from pipeline.kafka import DurableProducer
 from pipeline.model import Event
 from pipeline.notify import store
@@ -102,6 +103,8 @@ async def notifier(
         group=group or f"test-notify-{uuid.uuid4().hex[:8]}",
         retry=RetryPolicy(attempts=3, base_s=0.1, max_s=1.0),
         drain_s=1.0,
+        # The test receivers listen on loopback.
+        webhook_allowed_networks=parse_networks("127.0.0.0/8"),
         **options,
     )
     task = asyncio.create_task(service.run())

@@ -1,5 +1,6 @@
 """Webhooks against a real HTTP server (Starlette on Hypercorn): signatures,
-retries with back-off, and what happens when the receiver never answers well."""
+retries with back-off, what happens when the receiver never answers well, and
+which addresses a webhook may reach."""
 
 from __future__ import annotations
 
@@ -10,18 +11,25 @@ import hmac
 import itertools
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from pipeline.config import parse_networks
 from pipeline.notify.channels import ChannelQueue, Delivery, RetryPolicy
 from pipeline.notify.rules import WebhookChannel
-from pipeline.notify.webhook import WebhookSender
+from pipeline.notify.webhook import NOT_PUBLIC, WebhookSender
 from pipeline.ports import free_port
 from tests.fixtures.api import running_api
-from tests.fixtures.notify import WebhookCall, WebhookReceiver
+from tests.fixtures.notify import WebhookCall, WebhookReceiver, self_signed
+
+#: The receivers here listen on loopback, which webhooks may not reach by default.
+LOOPBACK = parse_networks("127.0.0.0/8, ::1/128")
 
 SECRET = "whsec-0123456789abcdef-notify"
 EVENT = {
@@ -61,7 +69,7 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def channel(policy: RetryPolicy) -> AsyncIterator[ChannelQueue]:
-    sender = WebhookSender(timeout_s=5.0)
+    sender = WebhookSender(timeout_s=5.0, allowed_networks=LOOPBACK)
     queue = ChannelQueue("webhook", sender, retry=policy)
     task = asyncio.create_task(queue.run())
     try:
@@ -83,7 +91,7 @@ async def _until_settled(queue: ChannelQueue, timeout_s: float = 15.0) -> None:
 class TestWebhookPost:
     async def test_post_signed_json(self) -> None:
         receiver = WebhookReceiver()
-        sender = WebhookSender()
+        sender = WebhookSender(allowed_networks=LOOPBACK)
 
         async with serving(receiver) as url:
             outcome = await sender.post(_delivery(url))
@@ -103,7 +111,7 @@ class TestWebhookPost:
     async def test_tampered_body_fails_verification(self) -> None:
         """The signature covers the body: changing one byte breaks it."""
         receiver = WebhookReceiver()
-        sender = WebhookSender()
+        sender = WebhookSender(allowed_networks=LOOPBACK)
 
         async with serving(receiver) as url:
             await sender.post(_delivery(url))
@@ -119,7 +127,7 @@ class TestWebhookPost:
     )
     async def test_post_failure_kind(self, status: int, retry: bool) -> None:
         receiver = WebhookReceiver(fail_first=None, status=status)
-        sender = WebhookSender()
+        sender = WebhookSender(allowed_networks=LOOPBACK)
 
         async with serving(receiver) as url:
             failure = await sender.post(_delivery(url))
@@ -129,7 +137,7 @@ class TestWebhookPost:
         assert (failure.reason, failure.retry) == (f"HTTP {status}", retry)
 
     async def test_post_connection_refused_retried(self) -> None:
-        sender = WebhookSender(timeout_s=2.0)
+        sender = WebhookSender(timeout_s=2.0, allowed_networks=LOOPBACK)
 
         failure = await sender.post(_delivery(f"http://127.0.0.1:{free_port()}/hook"))
         await sender.aclose()
@@ -184,3 +192,127 @@ class TestWebhookRetries:
         ]
         assert SECRET not in repr(logs)
         assert SECRET not in caplog.text
+
+
+@dataclass
+class TlsReceiver:
+    """An HTTPS server on 127.0.0.1 that answers 204 and keeps what it saw."""
+
+    context: ssl.SSLContext
+    server_names: list[str | None] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[int]:
+        self.context.sni_callback = self._remember_name
+        server = await asyncio.start_server(
+            self._answer, "127.0.0.1", 0, ssl=self.context
+        )
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    def _remember_name(
+        self, _: ssl.SSLObject, name: str | None, __: ssl.SSLContext
+    ) -> None:
+        self.server_names.append(name)
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        fields = dict(
+            line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line
+        )
+        fields = {name.lower(): value for name, value in fields.items()}
+        await reader.readexactly(int(fields.get("content-length", "0")))
+        self.hosts.append(fields["host"])
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.integration
+class TestWebhookAddresses:
+    async def test_loopback_refused_unless_allowed(self) -> None:
+        receiver = WebhookReceiver()
+        strict = WebhookSender()
+
+        async with serving(receiver) as url:
+            refused = await strict.post(_delivery(url))
+        await strict.aclose()
+
+        assert refused is not None
+        assert (refused.reason, refused.retry) == (NOT_PUBLIC, False)
+        assert receiver.calls == []
+
+    async def test_name_checked_by_what_it_resolves_to(self) -> None:
+        """``localhost`` is refused as 127.0.0.1 would be; allowed, the request
+        goes to the checked address and still says ``Host: localhost``."""
+        receiver = WebhookReceiver()
+        strict, allowing = WebhookSender(), WebhookSender(allowed_networks=LOOPBACK)
+
+        async with serving(receiver) as url:
+            by_name = url.replace("127.0.0.1", "localhost")
+            refused = await strict.post(_delivery(by_name))
+            delivered = await allowing.post(_delivery(by_name))
+        await strict.aclose()
+        await allowing.aclose()
+
+        assert refused is not None and refused.reason == NOT_PUBLIC
+        assert delivered is None
+        port = by_name.split(":")[2].split("/")[0]
+        assert [call.headers["host"] for call in receiver.calls] == [
+            f"localhost:{port}"
+        ]
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://10.20.30.40/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:8080/hook",
+            "http://[::ffff:127.0.0.1]:8080/hook",
+            "http://0.0.0.0:8080/hook",
+            "http://100.64.0.1/hook",
+        ],
+    )
+    async def test_private_addresses_refused_without_connecting(self, url: str) -> None:
+        sender = WebhookSender(timeout_s=2.0)
+
+        started = time.monotonic()
+        failure = await sender.post(_delivery(url))
+        await sender.aclose()
+
+        assert failure is not None
+        assert (failure.reason, failure.retry) == (NOT_PUBLIC, False)
+        assert time.monotonic() - started < 1.0
+
+    async def test_unresolvable_name_retried(self) -> None:
+        sender = WebhookSender(timeout_s=5.0)
+
+        failure = await sender.post(_delivery("https://no-such-host.invalid/hook"))
+        await sender.aclose()
+
+        assert failure is not None
+        assert failure.retry
+
+    async def test_tls_checks_the_name_not_the_address(self, tmp_path: Path) -> None:
+        """Over HTTPS the connection goes to the checked address, while SNI and
+        the certificate check use the URL's name: a certificate for
+        ``localhost`` is accepted, and the server is told ``localhost``."""
+        server_context, client_context = self_signed(tmp_path)
+        receiver = TlsReceiver(server_context)
+        sender = WebhookSender(
+            allowed_networks=LOOPBACK, verify=client_context, timeout_s=5.0
+        )
+
+        async with receiver.serving() as port:
+            outcome = await sender.post(_delivery(f"https://localhost:{port}/hook"))
+        await sender.aclose()
+
+        assert outcome is None
+        assert receiver.server_names == ["localhost"]
+        assert receiver.hosts == [f"localhost:{port}"]

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from pipeline.api.auth import LoginLimiter
 from pipeline.api.live import LiveSource
+from pipeline.config import IPNetwork
 
 if TYPE_CHECKING:
     from pipeline.ingest.service import IngestService
@@ -30,7 +31,8 @@ class ApiContext:
     for protobuf ``Event`` payloads (the ``events`` topic); without it the
     WebSocket pushes no events.  ``ready`` is set once the whole
     pipeline runs (the streaming job included); ``/health`` reports it, and without
-    it the process counts as ready.
+    it the process counts as ready.  ``webhook_allowed_networks`` are the
+    networks a rule's test send may reach besides public addresses.
     """
 
     pool: asyncpg.Pool
@@ -44,3 +46,4 @@ class ApiContext:
     history_max_days: int = 31
     history_max_limit: int = 50_000
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    webhook_allowed_networks: tuple[IPNetwork, ...] = ()

@@ -110,7 +110,10 @@ async def send_test_event(request: Request) -> Response:
         raise ApiError(400, "the rule has no webhook channel to test")
 
     event = _sample_event(rule)
-    sender = WebhookSender(timeout_s=TEST_TIMEOUT_S)
+    sender = WebhookSender(
+        timeout_s=TEST_TIMEOUT_S,
+        allowed_networks=context_of(request).webhook_allowed_networks,
+    )
     results = []
     try:
         for channel in webhooks:

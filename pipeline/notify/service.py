@@ -33,6 +33,7 @@ import asyncpg
 import structlog
 
 from pipeline.api.errors import DATABASE_DOWN
+from pipeline.config import IPNetwork, parse_networks
 from pipeline.kafka import EVENTS, KafkaUnavailable
 from pipeline.model import Event
 from pipeline.notify.channels import (
@@ -62,9 +63,11 @@ class NotificationService:
 
     ``smtp`` ``None`` leaves e-mail off (:attr:`email` is ``None``): e-mail
     deliveries are counted in :attr:`email_unsent` and logged once.
-    ``queue_size``, ``*_workers`` and ``retry`` shape the channel queues;
-    ``rules_ttl_s`` is how long a device's rules are cached.  Run :meth:`run` as
-    a task; ``ready`` is set once the consumer has its partitions.
+    ``webhook_allowed_networks`` are the networks webhooks may reach besides
+    public addresses.  ``queue_size``, ``*_workers`` and ``retry`` shape the
+    channel queues; ``rules_ttl_s`` is how long a device's rules are cached.
+    Run :meth:`run` as a task; ``ready`` is set once the consumer has its
+    partitions.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class NotificationService:
         email_batch: int = 20,
         webhook_workers: int = 4,
         webhook_timeout_s: float = 10.0,
+        webhook_allowed_networks: Sequence[IPNetwork] = (),
         retry: RetryPolicy | None = None,
         drain_s: float = 5.0,
     ) -> None:
@@ -89,7 +93,9 @@ class NotificationService:
         self.consumer = GroupConsumer(
             bootstrap, topic, group, self.handle, ready=self.ready
         )
-        self._webhook_sender = WebhookSender(timeout_s=webhook_timeout_s)
+        self._webhook_sender = WebhookSender(
+            timeout_s=webhook_timeout_s, allowed_networks=webhook_allowed_networks
+        )
         self.webhook = ChannelQueue(
             "webhook",
             self._webhook_sender,
@@ -233,12 +239,15 @@ async def run_notifier(
     smtp_password: str = "",
     smtp_from: str = "",
     smtp_starttls: bool = True,
+    webhook_allowed_networks: str = "",
     topic: str = EVENTS,
 ) -> None:
     """Run a :class:`NotificationService` until cancelled (``rastro serve``).
 
     ``smtp_host`` empty turns e-mail off; ``smtp_from`` empty sends as
     ``rastro@localhost``.  The password is never logged.
+    ``webhook_allowed_networks`` is the setting's text (see
+    :func:`pipeline.config.parse_networks`).
     """
     smtp = None
     if smtp_host:
@@ -250,5 +259,11 @@ async def run_notifier(
             password=smtp_password,
             sender=smtp_from or "rastro@localhost",
         )
-    service = NotificationService(bootstrap, pool, smtp=smtp, topic=topic)
+    service = NotificationService(
+        bootstrap,
+        pool,
+        smtp=smtp,
+        topic=topic,
+        webhook_allowed_networks=parse_networks(webhook_allowed_networks),
+    )
     await service.run()

@@ -21,36 +21,85 @@ A 2xx answer is success.  A timeout, a connection failure, 408, 425, 429 or a 5x
 is tried again (see :mod:`pipeline.notify.channels`); any other answer (redirects
 are not followed) is final.  Failures are described by status code or exception
 name only: neither the URL nor the secret ever reaches a log.
+
+A webhook URL is typed in by a user, so the server must not become a way into its
+own network: each request connects only to a public address (or to one of the
+networks the operator allows, ``webhook_allowed_networks``).  The host is
+resolved here, checked, and the connection made to the checked address, with the
+host name kept for the ``Host`` header and TLS, so that a name which resolves
+differently a moment later cannot slip past the check.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
 import httpx
 
+from pipeline.config import IPNetwork
 from pipeline.notify.channels import Delivery, Failure
 from pipeline.notify.rules import WebhookChannel
 
 __all__ = [
     "DELIVERY_HEADER",
+    "NOT_PUBLIC",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "WebhookSender",
+    "reachable",
     "sign",
     "webhook_body",
 ]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SIGNATURE_HEADER: Final = "X-Rastro-Signature"
 TIMESTAMP_HEADER: Final = "X-Rastro-Timestamp"
 DELIVERY_HEADER: Final = "X-Rastro-Delivery"
 USER_AGENT: Final = "Rastro-Webhook/1"
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
+
+#: The failure of a webhook whose host has no address a webhook may reach.
+NOT_PUBLIC: Final = (
+    "the webhook's host is not a public address; an administrator may allow its "
+    "network (webhook_allowed_networks)"
+)
+
+
+def reachable(address: IPAddress, allowed: Sequence[IPNetwork] = ()) -> bool:
+    """Whether a webhook may connect to ``address``: public, or in ``allowed``.
+
+    Loopback, private, link-local (cloud metadata services), shared and reserved
+    addresses are not public.  An IPv4 address written as IPv6 is judged as IPv4.
+
+    >>> from ipaddress import ip_address, ip_network
+    >>> reachable(ip_address("93.184.216.34")), reachable(ip_address("10.1.2.3"))
+    (True, False)
+    >>> reachable(ip_address("::ffff:169.254.169.254"))
+    False
+    >>> reachable(ip_address("10.1.2.3"), [ip_network("10.0.0.0/8")])
+    True
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for network in allowed:
+        if network.version == address.version and address in network:
+            return True
+    return address.is_global
+
+
+class _Refused(Exception):
+    """No address of the webhook's host may be reached."""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -77,21 +126,30 @@ def webhook_body(delivery: Delivery, timestamp: int) -> bytes:
 class WebhookSender:
     """Posts deliveries to their webhooks, one request per delivery.
 
-    ``timeout_s`` bounds each request (connect, write, read).  ``clock`` gives the
-    Unix time for the timestamp.  Call :meth:`aclose` when done.
+    ``timeout_s`` bounds each request (connect, write, read), and the name lookup
+    before it.  ``allowed_networks`` are the networks it may reach besides public
+    addresses (see :func:`reachable`).  ``verify`` is httpx's: ``True`` checks
+    certificates against the system's authorities, an ``ssl.SSLContext`` against
+    its own.  ``clock`` gives the Unix time for the timestamp.  Call
+    :meth:`aclose` when done.
     """
 
     def __init__(
         self,
         *,
         timeout_s: float = 10.0,
+        allowed_networks: Sequence[IPNetwork] = (),
+        verify: ssl.SSLContext | bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._timeout_s = timeout_s
+        self._allowed = tuple(allowed_networks)
         self._client = httpx.AsyncClient(
             timeout=timeout_s,
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
+            verify=verify,
         )
 
     async def __call__(self, batch: Sequence[Delivery]) -> list[Failure | None]:
@@ -113,10 +171,10 @@ class WebhookSender:
         }
 
         try:
-            response = await self._client.post(
-                channel.url, content=body, headers=headers
-            )
-        except httpx.TransportError as error:
+            response = await self._post_pinned(httpx.URL(channel.url), body, headers)
+        except _Refused:
+            return Failure(NOT_PUBLIC, retry=False)
+        except (httpx.TransportError, OSError, TimeoutError) as error:
             # The class name only: some messages quote the URL.
             return Failure(type(error).__name__, retry=True)
         if response.is_success:
@@ -127,3 +185,50 @@ class WebhookSender:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+    async def _post_pinned(
+        self, url: httpx.URL, body: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Post to the first address of ``url``'s host that may be reached and
+        accepts the connection, keeping the host name for ``Host`` and TLS.
+
+        Raises :class:`_Refused` when no address may be reached, ``OSError`` when
+        the name does not resolve, the last ``httpx.ConnectError`` when no
+        address accepts.
+        """
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = await asyncio.wait_for(_resolve(host, port), self._timeout_s)
+        permitted = [a for a in addresses if reachable(a, self._allowed)]
+        if not permitted:
+            raise _Refused
+
+        headers["Host"] = url.netloc.decode("ascii")
+        # The name for SNI and the certificate check, though the URL holds an address.
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        for address in permitted[:-1]:
+            with contextlib.suppress(httpx.ConnectError):
+                return await self._client.post(
+                    url.copy_with(host=str(address)),
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                )
+        return await self._client.post(
+            url.copy_with(host=str(permitted[-1])),
+            content=body,
+            headers=headers,
+            extensions=extensions,
+        )
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (itself if it is one), IPv4 first.
+
+    IPv4 first because a host without an IPv6 route is more common than a
+    webhook reachable over IPv6 only.
+    """
+    loop = asyncio.get_running_loop()
+    answers = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = dict.fromkeys(ipaddress.ip_address(answer[4][0]) for answer in answers)
+    return sorted(addresses, key=lambda address: address.version)
