@@ -100,6 +100,9 @@ class Settings:
     smtp_user: str = _setting("", "SMTP login; empty: no login")
     smtp_from: str = _setting("", "sender of notification e-mails (rastro@localhost)")
     smtp_starttls: bool = _setting(True, "upgrade the SMTP connection with STARTTLS")
+    smtp_implicit_tls: bool = _setting(
+        False, "SMTPS: TLS from the first byte (port 465), instead of STARTTLS"
+    )
     smtp_password: str = _setting("", "SMTP password (a secret)", flag=False)
     webhook_allowed_networks: str = _setting(
         "",

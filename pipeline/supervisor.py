@@ -332,6 +332,7 @@ def _run_background(
         smtp_password=settings.smtp_password,
         smtp_from=settings.smtp_from,
         smtp_starttls=settings.smtp_starttls,
+        smtp_implicit_tls=settings.smtp_implicit_tls,
         webhook_allowed_networks=settings.webhook_allowed_networks,
     )
     tasks.create_task(_watch_children(running, shutdown))

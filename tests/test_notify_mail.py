@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from pipeline.notify.channels import ChannelQueue, Delivery, RetryPolicy
+from pipeline.notify.channels import ChannelQueue, Delivery, Failure, RetryPolicy
 from pipeline.notify.mail import SmtpMailer, SmtpSettings
 from pipeline.notify.rules import EmailChannel
 from pipeline.ports import free_port
@@ -121,6 +121,38 @@ class TestSession:
         assert (sink.received[0].tls, sink.received[0].user) == (True, "rastro")
         assert PASSWORD not in repr(settings)
         assert PASSWORD not in repr(logs)
+
+    async def test_implicit_tls_and_login(
+        self, certificates: tuple[ssl.SSLContext, ssl.SSLContext]
+    ) -> None:
+        """SMTPS: TLS from the first byte, so no STARTTLS is asked for."""
+        server, client = certificates
+        async with SmtpSink(
+            implicit_tls=server, user="rastro", password=PASSWORD
+        ) as sink:
+            settings = _plain(
+                sink,
+                implicit_tls=True,
+                starttls=True,
+                tls=client,
+                user="rastro",
+                password=PASSWORD,
+            )
+            outcomes = await SmtpMailer(settings)([_delivery()])
+
+        assert outcomes == [None]
+        assert (sink.received[0].tls, sink.received[0].user) == (True, "rastro")
+
+    async def test_implicit_tls_untrusted_certificate_is_final(
+        self, certificates: tuple[ssl.SSLContext, ssl.SSLContext]
+    ) -> None:
+        server, _ = certificates
+        async with SmtpSink(implicit_tls=server) as sink:
+            settings = _plain(sink, implicit_tls=True)
+            outcomes = await SmtpMailer(settings)([_delivery()])
+
+        assert outcomes == [Failure("server certificate not trusted", retry=False)]
+        assert sink.received == []
 
     async def test_starttls_missing_is_final(self) -> None:
         async with SmtpSink() as sink:

@@ -3,7 +3,8 @@
 :class:`SmtpMailer` sends a batch of deliveries in one SMTP session, in a worker
 thread (``smtplib`` blocks): connect, ``EHLO``, ``STARTTLS`` when configured (the
 server's certificate is verified), ``AUTH`` when a user is set, then one message
-per delivery.  Implicit TLS (SMTPS, port 465) is not offered.
+per delivery.  With ``implicit_tls`` (SMTPS, usually port 465) the connection is
+TLS from its first byte instead, verified the same way.
 
 What is tried again: a connection that fails or drops, a timeout, and a 4xx
 answer (the server's "try later").  What is final: a 5xx answer, such as a
@@ -35,7 +36,8 @@ class SmtpSettings:
     """Where and how to send e-mail.
 
     ``starttls`` upgrades the session to TLS before logging in (and refuses to go
-    on without it).  ``user`` empty means no ``AUTH``.  ``tls`` is the TLS
+    on without it).  ``implicit_tls`` speaks TLS from the start (SMTPS) and
+    makes ``starttls`` moot.  ``user`` empty means no ``AUTH``.  ``tls`` is the TLS
     context; the default verifies the server against the system's trusted
     certificates.  ``timeout_s`` bounds each network step.
     """
@@ -43,6 +45,7 @@ class SmtpSettings:
     host: str
     port: int = 587
     starttls: bool = True
+    implicit_tls: bool = False
     user: str = ""
     password: str = field(default="", repr=False)
     sender: str = DEFAULT_SENDER
@@ -116,9 +119,7 @@ class SmtpMailer:
     def _send_all(self, mails: list[EmailMessage]) -> list[Failure | None]:
         outcomes: list[Failure | None] = []
         try:
-            with smtplib.SMTP(
-                self.settings.host, self.settings.port, timeout=self.settings.timeout_s
-            ) as session:
+            with self._connect() as session:
                 self._open(session)
                 for mail in mails:
                     outcomes.append(self._send_one(session, mail))
@@ -128,9 +129,20 @@ class SmtpMailer:
             outcomes += [failure] * (len(mails) - len(outcomes))
         return outcomes
 
+    def _connect(self) -> smtplib.SMTP:
+        settings = self.settings
+        if settings.implicit_tls:
+            return smtplib.SMTP_SSL(
+                settings.host,
+                settings.port,
+                timeout=settings.timeout_s,
+                context=self._tls,
+            )
+        return smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_s)
+
     def _open(self, session: smtplib.SMTP) -> None:
         session.ehlo()
-        if self.settings.starttls:
+        if self.settings.starttls and not self.settings.implicit_tls:
             session.starttls(context=self._tls)
             session.ehlo()
         if self.settings.user:

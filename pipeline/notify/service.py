@@ -239,6 +239,7 @@ async def run_notifier(
     smtp_password: str = "",
     smtp_from: str = "",
     smtp_starttls: bool = True,
+    smtp_implicit_tls: bool = False,
     webhook_allowed_networks: str = "",
     topic: str = EVENTS,
 ) -> None:
@@ -255,6 +256,7 @@ async def run_notifier(
             host=smtp_host,
             port=smtp_port,
             starttls=smtp_starttls,
+            implicit_tls=smtp_implicit_tls,
             user=smtp_user,
             password=smtp_password,
             sender=smtp_from or "rastro@localhost",
