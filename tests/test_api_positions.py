@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from pipeline.api.app import ApiContext, create_api
 from pipeline.ports import free_port
 from pipeline.services.postgres import SystemPostgres
-from pipeline.store.latest import LATEST_KEY
+from pipeline.store.latest import latest_keys
 from pipeline.store.migrations import migrate
 from tests.fixtures.api import Caller, make_caller, unique_id
 from tests.fixtures.services import start_on_free_port
@@ -79,9 +79,13 @@ class TestLatestPositions:
         silent = await _register(api_client, alice)
         theirs = await _register(api_client, bob)
         document = {"uniqueId": mine["uniqueId"], "latitude": 48.1, "h3": "89283"}
-        await api_redis.hset(LATEST_KEY, mine["uniqueId"], json.dumps(document))
+        await api_redis.hset(
+            latest_keys(mine["uniqueId"])[0], mine["uniqueId"], json.dumps(document)
+        )
         other = {"uniqueId": theirs["uniqueId"], "latitude": 1.0}
-        await api_redis.hset(LATEST_KEY, theirs["uniqueId"], json.dumps(other))
+        await api_redis.hset(
+            latest_keys(theirs["uniqueId"])[0], theirs["uniqueId"], json.dumps(other)
+        )
 
         response = await api_client.get(
             "/api/v1/positions/latest", headers=alice.headers

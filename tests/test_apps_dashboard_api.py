@@ -18,7 +18,7 @@ from panel.models.deckgl import DeckGLPlot
 from starlette.applications import Starlette
 
 from apps.dashboard import FleetDashboard
-from pipeline.store.latest import LATEST_KEY
+from pipeline.store.latest import latest_keys
 from tests.fixtures.api import PASSWORD, Caller, running_api, unique_id
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ async def report_latest(
         "speed": 30.0,
         "h3": "891f8d7a49bffff",
     }
-    await redis.hset(LATEST_KEY, device, json.dumps(document))
+    await redis.hset(latest_keys(device)[0], device, json.dumps(document))
 
 
 class TestDashboardOnRealApi:

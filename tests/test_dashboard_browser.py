@@ -23,7 +23,7 @@ import redis
 from PIL import Image
 
 from pipeline.model import format_time_ms
-from pipeline.store.latest import LATEST_KEY
+from pipeline.store.latest import latest_keys
 from tests.fixtures.dashboard import (
     CONTRACT_PASSWORD,
     CONTRACT_USER,
@@ -250,7 +250,7 @@ def write_latest(
     }
     client = redis.Redis.from_url(redis_url)
     try:
-        client.hset(LATEST_KEY, unique_id, json.dumps(document))
+        client.hset(latest_keys(unique_id)[0], unique_id, json.dumps(document))
     finally:
         client.close()
 

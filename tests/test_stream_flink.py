@@ -49,7 +49,7 @@ from pipeline.store.users import create_user
 from pipeline.stream.database import BlockingDatabase
 from pipeline.stream.history import HistoryReader
 from pipeline.stream.job import LIVE_TOPIC, POSITIONS_TOPIC, latest_checkpoint
-from pipeline.stream.latest import LATEST_KEY
+from pipeline.stream.latest import latest_keys
 from tests.fixtures.flink import StreamJob, StreamJobs
 from tests.test_geo_geofences import around_edge, circle, destination
 from tests.test_geo_trips import LATITUDE, LONGITUDE, T0, Route, delivery_day
@@ -156,7 +156,7 @@ def _live(bootstrap: str, prefix: str, expected: int) -> list[Fix]:
 def _latest(redis_url: str, device: str) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.hget(LATEST_KEY, device)
+        raw = client.hget(latest_keys(device)[0], device)
     finally:
         client.close()
     assert raw is not None, f"no latest fix for {device}"

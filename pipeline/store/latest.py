@@ -1,21 +1,21 @@
 """The newest fix of each device, as the streaming job keeps it in Redis.
 
-``rastro:latest`` (see :mod:`pipeline.stream.latest`) maps a uniqueId to the JSON of
-that device's newest fix.  Readers ask only for the devices they may see (HMGET),
-never for the whole hash.
+The job writes each device's newest fix as JSON into its shard's hash (see
+:func:`pipeline.stream.latest.latest_keys`).  Readers ask only for the devices they
+may see (one HMGET per shard, pipelined), never for a whole hash.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from pipeline.stream.latest import LATEST_KEY
+from pipeline.stream.latest import latest_keys
 
-__all__ = ["LATEST_KEY", "latest_fixes"]
+__all__ = ["latest_fixes", "latest_keys"]
 
 
 async def latest_fixes(
@@ -29,7 +29,15 @@ async def latest_fixes(
     if not wanted:
         return []
 
-    # redis-py types its methods for both clients; the asyncio one awaits.
-    pending = cast(Awaitable[list[Any]], client.hmget(LATEST_KEY, wanted))
-    values = await pending
-    return [json.loads(value) for value in values if value is not None]
+    by_shard: dict[str, list[str]] = {}
+    for device in wanted:
+        by_shard.setdefault(latest_keys(device)[0], []).append(device)
+    async with client.pipeline(transaction=False) as pipe:
+        for key, devices in by_shard.items():
+            pipe.hmget(key, devices)
+        answers: list[list[Any]] = await pipe.execute()
+
+    found: dict[str, Any] = {}
+    for devices, values in zip(by_shard.values(), answers, strict=True):
+        found.update(zip(devices, values, strict=True))
+    return [json.loads(found[device]) for device in wanted if found[device] is not None]

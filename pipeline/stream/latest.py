@@ -1,9 +1,14 @@
 """The newest fix of each device in Redis, written only when it really is newer.
 
-``rastro:latest`` maps a device's uniqueId to the JSON of its newest fix;
-``rastro:latest:time`` maps it to that fix's time in epoch milliseconds.  One Lua
-script compares and writes both atomically, so a replay after a crash, an
+``rastro:latest:{N}`` maps a device's uniqueId to the JSON of its newest fix;
+``rastro:latest:{N}:time`` maps it to that fix's time in epoch milliseconds.  One
+Lua script compares and writes both atomically, so a replay after a crash, an
 out-of-order fix or two writers racing can never move a device back in time.
+
+``N`` is the device's shard (:func:`latest_keys`): the fleet is spread over
+:data:`LATEST_SHARDS` pairs of hashes, so that no one key holds every device, and
+in Redis Cluster the pairs spread over the nodes while each pair (one hash tag)
+stays in one slot, as the script needs.
 
 Writes are batched: :meth:`LatestStore.offer` keeps the newest pending fix per
 device and :meth:`LatestStore.flush` sends them in one pipelined round trip, when
@@ -14,16 +19,34 @@ trip per fix capped the job at about a thousand fixes per second.
 from __future__ import annotations
 
 import time
+import zlib
 
 import redis
 import structlog
 
-__all__ = ["LATEST_KEY", "LATEST_TIME_KEY", "LatestStore"]
+__all__ = ["LATEST_SHARDS", "LatestStore", "latest_keys"]
 
 log = structlog.get_logger("rastro.stream")
 
-LATEST_KEY = "rastro:latest"
-LATEST_TIME_KEY = "rastro:latest:time"
+#: How many pairs of hashes the latest fixes are spread over: 500,000 devices
+#: make about 2,000 per hash.
+LATEST_SHARDS = 256
+
+
+def latest_keys(device: str) -> tuple[str, str]:
+    """The hashes of a device's newest fix document and of that fix's time.
+
+    Both carry the shard as the same hash tag, so Redis Cluster keeps them in one
+    slot.  The shard is CRC-32 of the uniqueId: stable across processes and
+    versions, unlike Python's ``hash``.
+
+    >>> latest_keys("356307042441013")
+    ('rastro:latest:{238}', 'rastro:latest:{238}:time')
+    """
+    shard = zlib.crc32(device.encode()) % LATEST_SHARDS
+    key = f"rastro:latest:{{{shard}}}"
+    return key, f"{key}:time"
+
 
 # KEYS: latest hash, time hash.  ARGV: device, fix time (ms), JSON document.
 _ADVANCE = """
@@ -86,9 +109,12 @@ class LatestStore:
         batch, self._pending = self._pending, {}
 
         pipe = self._client.pipeline(transaction=False)
-        keys = [LATEST_KEY, LATEST_TIME_KEY]
         for device, (fix_time_ms, document) in batch.items():
-            self._advance(keys=keys, args=[device, fix_time_ms, document], client=pipe)
+            self._advance(
+                keys=list(latest_keys(device)),
+                args=[device, fix_time_ms, document],
+                client=pipe,
+            )
         try:
             stored = pipe.execute()
         except _REDIS_DOWN as error:
