@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import SettingError, Settings, load_settings
+from pipeline.stream.graph import _jdbc_ddl
 from pipeline.stream.job import (
     POSTGRES_ENV,
     REDIS_ENV,
@@ -19,6 +20,8 @@ from pipeline.stream.job import (
     job_command,
     job_environment,
     latest_checkpoint,
+    stream_addresses,
+    write_password_file,
 )
 
 REQUIRED = [
@@ -202,6 +205,7 @@ class TestJdbcTarget:
 
         assert target.url.startswith("jdbc:postgresql://db.local:6543/fleet?")
         assert "stringtype=unspecified" in target.url
+        assert target.url.endswith("&user=rastro") and "cret" not in target.url
         assert target.username == "rastro"
         assert target.password == "s@cret"
 
@@ -239,3 +243,51 @@ class TestLatestCheckpoint:
         os.utime(old / "_metadata", (past, past))
 
         assert latest_checkpoint(tmp_path) == new
+
+
+class TestSecretsStayOutOfTheJobGraph:
+    """Flink stores the job graph and shows it: no password may be in it."""
+
+    def test_sink_ddl_names_the_user_not_the_password(self, tmp_path: Path) -> None:
+        dsn = "postgresql://fleet:s3cret@db:5433/rastro"
+        options = _parse_args(
+            [*REQUIRED[:2], "--postgres", dsn, *REQUIRED[4:], "--data", str(tmp_path)]
+        )
+
+        ddl = _jdbc_ddl(options, "fixes_sink", "fixes", "device STRING", "device")
+
+        assert "user=fleet" in ddl
+        assert "s3cret" not in ddl and "password" not in ddl
+
+    def test_password_file_is_owner_only_and_escaped(self, tmp_path: Path) -> None:
+        target = jdbc_target("postgresql://fleet:a%3Ab%5Cc@db:5433/rastro")
+
+        path = write_password_file(tmp_path, target)
+
+        assert path is not None
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_text() == "db:5433:rastro:fleet:a\\:b\\\\c\n"
+
+    def test_no_password_no_file(self, tmp_path: Path) -> None:
+        target = jdbc_target("postgresql://fleet@db/rastro")
+
+        assert write_password_file(tmp_path, target) is None
+        assert list(tmp_path.iterdir()) == []
+
+    def test_operator_without_addresses_names_the_variables(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv(POSTGRES_ENV, raising=False)
+        monkeypatch.setenv(REDIS_ENV, "redis://127.0.0.1:6379/0")
+
+        expected = rf"\${POSTGRES_ENV} and \${REDIS_ENV}"
+        with pytest.raises(RuntimeError, match=expected):
+            stream_addresses()
+
+    def test_operator_reads_addresses_from_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name, value in job_environment("postgresql://u:p@h/d", "redis://r").items():
+            monkeypatch.setenv(name, value)
+
+        assert stream_addresses() == ("postgresql://u:p@h/d", "redis://r")

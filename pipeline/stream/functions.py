@@ -33,6 +33,7 @@ from geo.fixes import Rejection
 from pipeline.stream.catalog import Catalog
 from pipeline.stream.database import BlockingDatabase
 from pipeline.stream.history import HistoryReader
+from pipeline.stream.job import stream_addresses
 from pipeline.stream.latest import LatestStore
 from pipeline.stream.motion import DeviceMotion, MotionState, Outputs
 from pipeline.stream.records import (
@@ -122,21 +123,20 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
     resume where the checkpoint left them.
 
     ``fleet_attributes`` are the fleet's settings (``motion_settings``), under each
-    group's and device's (see :mod:`pipeline.stream.profiles`).
+    group's and device's (see :mod:`pipeline.stream.profiles`).  The PostgreSQL and
+    Redis addresses are not arguments: they may hold passwords, so :meth:`open`
+    reads them from the TaskManager's environment
+    (:func:`~pipeline.stream.job.stream_addresses`).
     """
 
     def __init__(
         self,
-        redis_url: str,
-        postgres_dsn: str,
         lateness_ms: int,
         h3_resolution: int,
         fleet_attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self._resolution = h3_resolution
         self._rejected: dict[str, Any] = {}
-        self._redis_url = redis_url
-        self._postgres_dsn = postgres_dsn
         self._lateness_ms = lateness_ms
         self._fleet_attributes = dict(fleet_attributes or {})
         self._store: LatestStore | None = None
@@ -163,9 +163,10 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         self._rejected = {
             reason: metrics.counter("fixes_rejected_" + reason) for reason in reasons
         }
-        self._store = LatestStore(self._redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
+        postgres_dsn, redis_url = stream_addresses()
+        self._store = LatestStore(redis_url, max_delay_s=LATEST_FLUSH_MS / 1000)
 
-        self._database = BlockingDatabase(self._postgres_dsn)
+        self._database = BlockingDatabase(postgres_dsn)
         self._catalog = Catalog(self._database, fleet_attributes=self._fleet_attributes)
         self._catalog.refresh(force=True)
         self._engine = DeviceMotion(

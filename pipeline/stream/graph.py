@@ -137,8 +137,6 @@ def build_job(options: JobOptions) -> StreamExecutionEnvironment:
         _keyed_by_device(records)
         .process(
             DeviceState(
-                options.redis,
-                options.postgres,
                 lateness_ms,
                 options.h3_resolution,
                 fleet,
@@ -271,8 +269,6 @@ def _jdbc_ddl(
             'connector' = 'jdbc',
             'url' = {_sql_string(target.url)},
             'table-name' = '{table}',
-            'username' = {_sql_string(target.username)},
-            'password' = {_sql_string(target.password)},
             'sink.buffer-flush.max-rows' = '{JDBC_BATCH_ROWS}',
             'sink.buffer-flush.interval' = '{JDBC_BATCH_INTERVAL}',
             'sink.max-retries' = '5'

@@ -28,6 +28,7 @@ process is told to stop.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import structlog
 
@@ -61,6 +62,8 @@ __all__ = [
     "latest_checkpoint",
     "main",
     "running_marker",
+    "stream_addresses",
+    "write_password_file",
 ]
 
 log = structlog.get_logger("rastro.stream")
@@ -138,12 +141,30 @@ class JdbcTarget:
     url: str
     username: str
     password: str
+    host: str = ""
+    port: int = 5432
+    database: str = ""
+
+    def password_line(self) -> str:
+        """The line of a PostgreSQL password file (``.pgpass`` format) that gives
+        the JDBC driver this login's password; ``:`` and ``\\`` are escaped.
+
+        >>> jdbc_target("postgresql://fleet:p%3Aw@db.local:5433/rastro").password_line()
+        'db.local:5433:rastro:fleet:p\\\\:w'
+        """
+        fields = [self.host, str(self.port), self.database, self.username]
+        fields.append(self.password)
+        return ":".join(
+            field.replace("\\", "\\\\").replace(":", "\\:") for field in fields
+        )
 
 
 def jdbc_target(dsn: str) -> JdbcTarget:
     """Turn ``postgresql://user:password@host:port/db`` into a JDBC URL and login.
 
-    ``stringtype=unspecified`` lets PostgreSQL cast the attributes text to jsonb.
+    The URL names the user; the password stays out of it (see
+    :func:`write_password_file`).  ``stringtype=unspecified`` lets PostgreSQL cast
+    the attributes text to jsonb.
     The JDBC driver speaks TCP only, so a DSN without a host (a Unix socket) is
     refused with a :class:`SettingError`.
     """
@@ -160,15 +181,60 @@ def jdbc_target(dsn: str) -> JdbcTarget:
         raise SettingError(message)
 
     database = parts.path.lstrip("/") or unquote(parts.username or "postgres")
+    username = unquote(parts.username or "")
     url = (
         f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}/{database}"
         "?stringtype=unspecified&reWriteBatchedInserts=true"
     )
+    if username:
+        url += "&user=" + quote(username, safe="")
     return JdbcTarget(
         url=url,
-        username=unquote(parts.username or ""),
+        username=username,
         password=unquote(parts.password or ""),
+        host=parts.hostname,
+        port=parts.port or 5432,
+        database=database,
     )
+
+
+#: The PostgreSQL password file the job writes for the JDBC sinks, in its data folder.
+PASSWORD_FILE = "stream-job.pgpass"
+
+
+def write_password_file(data: Path, target: JdbcTarget) -> Path | None:
+    """Write the JDBC login's password to an owner-only file; ``None`` if it has none.
+
+    The sinks' DDL names the user but not the password: the PostgreSQL JDBC driver
+    reads it from the file ``PGPASSFILE`` names, so it is in no job graph.
+    """
+    if not target.password:
+        return None
+    path = data / PASSWORD_FILE
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(target.password_line() + "\n")
+    return path
+
+
+def stream_addresses() -> tuple[str, str]:
+    """The PostgreSQL DSN and Redis URL, from this process's environment.
+
+    The job's Python operator calls this in ``open``: addresses that may hold a
+    password travel in the environment of the job process (and of its JVM), never
+    inside the job graph that Flink stores and shows.  On a cluster, every
+    TaskManager needs ``RASTRO_STREAM_POSTGRES`` and ``RASTRO_STREAM_REDIS``.
+    """
+    postgres = os.environ.get(POSTGRES_ENV, "")
+    redis = os.environ.get(REDIS_ENV, "")
+    if not postgres or not redis:
+        message = (
+            f"${POSTGRES_ENV} and ${REDIS_ENV} must be set in the environment of "
+            "every TaskManager that runs the streaming job"
+        )
+        raise RuntimeError(message)
+    return postgres, redis
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -283,6 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     flink_logs = options.data / "logs" / "flink"
     flink_logs.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLINK_LOG_DIR", str(flink_logs))
+
+    # The JVM and the Python operator inside it inherit these (see stream_addresses).
+    os.environ.update(job_environment(options.postgres, options.redis))
+    password_file = write_password_file(options.data, jdbc_target(options.postgres))
+    if password_file is not None:
+        os.environ["PGPASSFILE"] = str(password_file)
+        # Needed while the job runs (the sinks reconnect), not after.
+        atexit.register(password_file.unlink, missing_ok=True)
 
     env = build_job(options)
     # Building the environment (Beam's start-up) lowers the root logger to WARNING;
