@@ -372,6 +372,16 @@ class TestDatabaseDown:
         }
 
 
+async def _webhook_rule_test_path(
+    client: httpx.AsyncClient, caller: Caller, url: str
+) -> str:
+    """Create an overspeed rule of ``caller`` with a webhook to ``url``; the path of
+    its test send."""
+    hook = {"type": "webhook", "url": url, "secret": SECRET}
+    created = await _create(client, caller, channels=[hook], eventTypes=["overspeed"])
+    return f"{RULES}/{created['id']}/test"
+
+
 class TestTestSend:
     async def test_test_send_reaches_webhook(
         self, api_client: httpx.AsyncClient, api_context: ApiContext, alice: Caller
@@ -380,11 +390,7 @@ class TestTestSend:
         receiver = WebhookReceiver(fail_first=1)
         async with running_api(receiver.app) as base:
             url = f"{base}/hook"
-            hook = {"type": "webhook", "url": url, "secret": SECRET}
-            created = await _create(
-                api_client, alice, channels=[hook], eventTypes=["overspeed"]
-            )
-            path = f"{RULES}/{created['id']}/test"
+            path = await _webhook_rule_test_path(api_client, alice, url)
             failed = await api_client.post(path, headers=alice.headers)
             passed = await api_client.post(path, headers=alice.headers)
 
@@ -408,11 +414,7 @@ class TestTestSend:
         receiver = WebhookReceiver()
         async with running_api(receiver.app) as base:
             url = f"{base}/hook"
-            hook = {"type": "webhook", "url": url, "secret": SECRET}
-            created = await _create(
-                api_client, alice, channels=[hook], eventTypes=["overspeed"]
-            )
-            path = f"{RULES}/{created['id']}/test"
+            path = await _webhook_rule_test_path(api_client, alice, url)
             answer = await api_client.post(path, headers=alice.headers)
 
         assert answer.json() == {

@@ -206,20 +206,17 @@ class WebhookSender:
         headers["Host"] = url.netloc.decode("ascii")
         # The name for SNI and the certificate check, though the URL holds an address.
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+
+        async def send(address: IPAddress) -> httpx.Response:
+            target = url.copy_with(host=str(address))
+            return await self._client.post(
+                target, content=body, headers=headers, extensions=extensions
+            )
+
         for address in permitted[:-1]:
             with contextlib.suppress(httpx.ConnectError):
-                return await self._client.post(
-                    url.copy_with(host=str(address)),
-                    content=body,
-                    headers=headers,
-                    extensions=extensions,
-                )
-        return await self._client.post(
-            url.copy_with(host=str(permitted[-1])),
-            content=body,
-            headers=headers,
-            extensions=extensions,
-        )
+                return await send(address)
+        return await send(permitted[-1])
 
 
 async def _resolve(host: str, port: int) -> list[IPAddress]:

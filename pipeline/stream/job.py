@@ -141,9 +141,9 @@ class JdbcTarget:
     url: str
     username: str
     password: str
-    host: str = ""
-    port: int = 5432
-    database: str = ""
+    host: str
+    port: int
+    database: str
 
     def password_line(self) -> str:
         """The line of a PostgreSQL password file (``.pgpass`` format) that gives
@@ -152,8 +152,8 @@ class JdbcTarget:
         >>> jdbc_target("postgresql://fleet:p%3Aw@db.local:5433/rastro").password_line()
         'db.local:5433:rastro:fleet:p\\\\:w'
         """
-        fields = [self.host, str(self.port), self.database, self.username]
-        fields.append(self.password)
+        port = str(self.port)
+        fields = [self.host, port, self.database, self.username, self.password]
         return ":".join(
             field.replace("\\", "\\\\").replace(":", "\\:") for field in fields
         )
