@@ -47,6 +47,15 @@ POSITIONS = "positions"
 LIVE = "live"
 EVENTS = "events"
 
+#: The header of a ``positions`` record that carries its fix time (decimal epoch
+#: milliseconds): the streaming job's watermarks follow it.  The record's own Kafka
+#: timestamp stays the time it was sent, because time-based retention counts from
+#: the record timestamp and would delete a fix buffered for days soon after it came.
+FIX_TIME_HEADER = "fix-time-ms"
+
+#: Kafka headers of one record: ``(name, value)`` pairs.
+Headers = Sequence[tuple[str, bytes]]
+
 # How long a poll or consume call may block before checking whether to stop.
 POLL_INTERVAL_S = 0.1
 # Extra time send_many waits past delivery_timeout_s for librdkafka's own verdict
@@ -167,12 +176,11 @@ class DurableProducer:
         topic: str,
         records: Sequence[tuple[bytes, bytes]],
         *,
-        timestamps_ms: Sequence[int] | None = None,
+        headers: Sequence[Headers] | None = None,
     ) -> None:
         """Send ``(key, value)`` records; resolve once every one is acknowledged.
 
-        ``timestamps_ms`` are the records' Kafka timestamps (epoch milliseconds),
-        one per record; without them the producer stamps the time of sending.
+        ``headers`` are the records' Kafka headers, one sequence per record.
         Raises :class:`KafkaUnavailable` when any record failed or was not
         acknowledged within ``delivery_timeout_s``.  Records of one call keep their
         order within a partition.  After a failure some of the records may still
@@ -180,13 +188,13 @@ class DurableProducer:
         """
         if not records:
             return
-        if timestamps_ms is not None and len(timestamps_ms) != len(records):
-            message = f"{len(timestamps_ms)} timestamps for {len(records)} records"
+        if headers is not None and len(headers) != len(records):
+            message = f"{len(headers)} header lists for {len(records)} records"
             raise ValueError(message)
         self._check_usable(topic)
         delivery = _Delivery(asyncio.get_running_loop(), len(records))
 
-        await self._produce_all(topic, records, timestamps_ms, delivery)
+        await self._produce_all(topic, records, headers, delivery)
         try:
             async with asyncio.timeout(self.delivery_timeout_s + DELIVERY_GRACE_S):
                 await delivery.future
@@ -230,17 +238,18 @@ class DurableProducer:
         self,
         topic: str,
         records: Sequence[tuple[bytes, bytes]],
-        timestamps_ms: Sequence[int] | None,
+        headers: Sequence[Headers] | None,
         delivery: _Delivery,
     ) -> None:
         produce = self._producer.produce
         index, count = 0, len(records)
         while index < count:
             key, value = records[index]
-            # librdkafka reads a timestamp of 0 as "now".
-            stamp = 0 if timestamps_ms is None else timestamps_ms[index]
+            extra: list[tuple[str, str | bytes | None]] | None = None
+            if headers is not None:
+                extra = list(headers[index])
             try:
-                produce(topic, value, key, on_delivery=delivery, timestamp=stamp)
+                produce(topic, value, key, on_delivery=delivery, headers=extra)
             except BufferError:
                 # librdkafka's local queue is full: let the poll thread drain it.
                 await asyncio.sleep(POLL_INTERVAL_S / 10)

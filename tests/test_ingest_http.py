@@ -17,6 +17,7 @@ from starlette.routing import Route
 from pipeline.ingest.http import ingest_positions
 from pipeline.ingest.payloads import encode_batch
 from pipeline.ingest.service import IngestService
+from pipeline.kafka import FIX_TIME_HEADER
 from pipeline.model import Fix
 from pipeline.services.kafka import EmbeddedKafka
 from tests.fixtures.ingest import MakeIngest, reset_rate_bucket
@@ -77,11 +78,13 @@ class TestPositionsUpload:
         assert fixes[b"dev-1"].protocol == "json"
         assert ingest.accepted == 2
 
-    async def test_records_stamped_with_fix_time_never_ahead(
+    async def test_records_carry_fix_time_never_ahead(
         self, make_ingest: MakeIngest, kafka_bootstrap: str, ingest_topic: str
     ) -> None:
-        """Kafka's record time is the fix time (the job's watermark follows it);
-        a fix from a clock running a day ahead is stamped when it arrived."""
+        """The fix-time header carries the fix time (the job's watermark follows
+        it); a fix from a clock running a day ahead carries its arrival.  The
+        Kafka time is the arrival for both, so that time-based retention never
+        deletes a fix of long ago (this one is from 2025) soon after it came."""
         ingest = await make_ingest(kafka_bootstrap, ingest_topic)
         ahead = datetime.now(UTC) + timedelta(days=1)
         body = [
@@ -95,13 +98,16 @@ class TestPositionsUpload:
             after_ms = time.time_ns() // 1_000_000
 
         assert response.json() == {"accepted": 2}
-        stamps = {
-            message.key(): message.timestamp()[1]
-            for message in read_messages(kafka_bootstrap, ingest_topic, 2)
+        messages = read_messages(kafka_bootstrap, ingest_topic, 2)
+        carried = {
+            message.key(): int(dict(message.headers() or [])[FIX_TIME_HEADER])
+            for message in messages
         }
         on_time = datetime(2025, 5, 9, 4, 11, 7, tzinfo=UTC).timestamp() * 1000
-        assert stamps[b"dev-1"] == on_time
-        assert before_ms <= stamps[b"dev-2"] <= after_ms
+        assert carried[b"dev-1"] == on_time
+        assert before_ms <= carried[b"dev-2"] <= after_ms
+        for message in messages:
+            assert before_ms <= message.timestamp()[1] <= after_ms
 
     async def test_upload_protobuf_batch_is_published(
         self, make_ingest: MakeIngest, kafka_bootstrap: str, ingest_topic: str

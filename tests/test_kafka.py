@@ -111,27 +111,29 @@ class TestDurableProducer:
 
         assert read_topic(kafka_bootstrap, topic, 1) == [(b"dev-1", b"hello")]
 
-    async def test_send_many_stamps_given_times(
+    async def test_send_many_gives_each_record_its_headers(
         self, kafka_bootstrap: str, kafka_topic: MakeTopic
     ) -> None:
-        """Given timestamps become the records' Kafka times (the job's fix time)."""
+        """Headers go with their record; the Kafka time stays the time of sending."""
         topic = kafka_topic(partitions=2)
         records = _records(20)
-        stamps = [1_772_352_000_000 + 5_000 * i for i in range(20)]
+        headers = [[("fix-time-ms", str(1_000 * i).encode())] for i in range(20)]
 
+        before_ms = time.time_ns() // 1_000_000
         async with DurableProducer(kafka_bootstrap) as producer:
-            await producer.send_many(topic, records, timestamps_ms=stamps)
+            await producer.send_many(topic, records, headers=headers)
 
         got = read_messages(kafka_bootstrap, topic, len(records))
-        sent = dict(zip((value for _, value in records), stamps, strict=True))
-        assert {m.value(): m.timestamp()[1] for m in got} == sent
+        sent = dict(zip((value for _, value in records), headers, strict=True))
+        assert {m.value(): m.headers() for m in got} == sent
+        assert all(m.timestamp()[1] >= before_ms for m in got)
 
-    async def test_send_many_timestamps_must_match_records(
+    async def test_send_many_headers_must_match_records(
         self, kafka_bootstrap: str
     ) -> None:
         async with DurableProducer(kafka_bootstrap) as producer:
-            with pytest.raises(ValueError, match="2 timestamps for 3 records"):
-                await producer.send_many("positions", _records(3), timestamps_ms=[1, 2])
+            with pytest.raises(ValueError, match="2 header lists for 3 records"):
+                await producer.send_many("positions", _records(3), headers=[[], []])
 
     async def test_send_many_keeps_key_order(
         self, kafka_bootstrap: str, kafka_topic: MakeTopic

@@ -38,8 +38,8 @@ from geo.geofences import (
 )
 from geo.summaries import summarise
 from geo.trips import Record, Trip, TripSettings, detect_trips
-from pipeline.ingest.service import record_time_ms
-from pipeline.kafka import EVENTS
+from pipeline.ingest.service import event_time_ms
+from pipeline.kafka import EVENTS, FIX_TIME_HEADER
 from pipeline.model import Event, Fix
 from pipeline.notify.messages import decode_event
 from pipeline.services.postgres import SystemPostgres, run_coroutine
@@ -80,15 +80,30 @@ def _fix(device: str, fix_time_ms: int, step: int, **changes: Any) -> Fix:
 
 
 def _produce(
-    bootstrap: str, payloads: list[tuple[str, bytes]], stamps: list[int] | None = None
+    bootstrap: str, payloads: list[tuple[str, bytes]], times: list[int] | None = None
 ) -> None:
-    """Records as ingest writes them: keyed by device, stamped with the fix time."""
+    """Records as ingest writes them: keyed by device, with the fix-time header
+    (none when ``times`` is ``None``: the job then uses the Kafka time)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for index, (key, value) in enumerate(payloads):
-        stamp = 0 if stamps is None else stamps[index]  # 0: now
+        headers = None
+        if times is not None:
+            headers = [(FIX_TIME_HEADER, str(times[index]).encode())]
         producer.produce(
-            POSITIONS_TOPIC, key=key.encode(), value=value, timestamp=stamp
+            POSITIONS_TOPIC, key=key.encode(), value=value, headers=headers
         )
+    assert producer.flush(30) == 0
+
+
+def _produce_unreadable_time(bootstrap: str, fix: Fix) -> None:
+    """A fix whose fix-time header is not a number: it counts at its Kafka time."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        POSITIONS_TOPIC,
+        key=fix.device.encode(),
+        value=fix.SerializeToString(),
+        headers=[(FIX_TIME_HEADER, b"soon")],
+    )
     assert producer.flush(30) == 0
 
 
@@ -97,7 +112,7 @@ def _send(bootstrap: str, fixes: list[Fix]) -> None:
     _produce(
         bootstrap,
         [(fix.device, fix.SerializeToString()) for fix in fixes],
-        [record_time_ms(fix, now_ms) for fix in fixes],
+        [event_time_ms(fix, now_ms) for fix in fixes],
     )
 
 
@@ -218,9 +233,10 @@ def _feed(dsn: str, kafka: str, redis_url: str, job: StreamJob) -> Scenario:
     _produce(kafka, [(truck, b"\xff\xfe not a fix")])
     misfiled = _fix(van, base + 30_000, 30)  # keyed by another device: refused
     _produce(kafka, [(truck, misfiled.SerializeToString())], [base + 30_000])
+    _produce_unreadable_time(kafka, _fix(van, base + 3000, 3))
     times = {
         truck: [base + step * 1000 for step in range(10)],
-        van: [base + step * 1000 for step in range(3)],
+        van: [base + step * 1000 for step in range(4)],
     }
     return Scenario(dsn, kafka, redis_url, prefix, times, job)
 
@@ -244,7 +260,7 @@ class TestStreamJob:
 
     def test_stream_job_row_has_every_column(self, scenario: Scenario) -> None:
         truck = scenario.prefix + "truck"
-        _wait_rows(scenario.dsn, scenario.prefix, 13)
+        _wait_rows(scenario.dsn, scenario.prefix, 14)
 
         rows = _query(
             scenario.dsn,
@@ -264,7 +280,7 @@ class TestStreamJob:
         assert json.loads(row["attributes"]) == {"battery": 90}
 
     def test_stream_job_latest_is_newest_fix(self, scenario: Scenario) -> None:
-        _wait_rows(scenario.dsn, scenario.prefix, 13)
+        _wait_rows(scenario.dsn, scenario.prefix, 14)
 
         for device, times in scenario.times.items():
             document = _latest(scenario.redis, device)
@@ -277,7 +293,7 @@ class TestStreamJob:
             assert document["uniqueId"] == device
 
     def test_stream_job_publishes_accepted_on_live(self, scenario: Scenario) -> None:
-        fixes = _live(scenario.kafka, scenario.prefix, 13)
+        fixes = _live(scenario.kafka, scenario.prefix, 14)
 
         published = sorted((fix.device, fix.fix_time_ms) for fix in fixes)
         wanted = sorted((d, t) for d, times in scenario.times.items() for t in times)
@@ -287,12 +303,12 @@ class TestStreamJob:
     def test_stream_job_old_fix_keeps_latest(self, scenario: Scenario) -> None:
         """An out-of-order fix joins the history but does not move the latest."""
         truck = scenario.prefix + "truck"
-        _wait_rows(scenario.dsn, scenario.prefix, 13)
+        _wait_rows(scenario.dsn, scenario.prefix, 14)
         older = scenario.times[truck][0] - 60_000
 
         _send(scenario.kafka, [_fix(truck, older, 30)])
 
-        assert _wait_rows(scenario.dsn, scenario.prefix, 14) == 14
+        assert _wait_rows(scenario.dsn, scenario.prefix, 15) == 15
         assert _latest(scenario.redis, truck)["time"] == _iso(scenario.times[truck][-1])
 
 

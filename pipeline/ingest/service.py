@@ -3,7 +3,7 @@
 :meth:`IngestService.accept` checks each record (may this caller report for the
 device? is the device within its rate?), publishes every admitted record in one
 ``send_many`` keyed by device (so a device's fixes stay in order on one partition)
-and stamped with the fix time (:func:`record_time_ms`: the streaming job's
+with the fix time in a header (:func:`event_time_ms`: the streaming job's
 watermarks follow it), and returns only once Kafka acknowledged them all.  If Kafka
 did not acknowledge, :class:`~pipeline.kafka.KafkaUnavailable` propagates and the
 caller must not tell the device its upload was taken (HTTP 503, no MQTT PUBACK).
@@ -27,7 +27,7 @@ import structlog
 from pipeline.ingest.directory import DeviceDirectory
 from pipeline.ingest.limiter import DeviceRateLimiter
 from pipeline.ingest.payloads import Rejection
-from pipeline.kafka import POSITIONS, KafkaUnavailable
+from pipeline.kafka import FIX_TIME_HEADER, POSITIONS, Headers, KafkaUnavailable
 from pipeline.model import Fix
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "KafkaUnavailable",
     "Rejection",
     "Screened",
-    "record_time_ms",
+    "event_time_ms",
 ]
 
 log = structlog.get_logger("rastro.ingest")
@@ -53,24 +53,24 @@ class FixProducer(Protocol):
         topic: str,
         records: Sequence[tuple[bytes, bytes]],
         *,
-        timestamps_ms: Sequence[int] | None = None,
+        headers: Sequence[Headers] | None = None,
     ) -> None: ...
 
 
-def record_time_ms(fix: Fix, now_ms: int) -> int:
-    """The Kafka timestamp of a fix's record: its fix time, never ahead of now.
+def event_time_ms(fix: Fix, now_ms: int) -> int:
+    """The time a fix's record carries for the job (:data:`FIX_TIME_HEADER`):
+    its fix time, never ahead of now.
 
-    The streaming job's watermark follows these timestamps (the fix times, per
-    partition), so a device whose clock runs ahead must not carry it forward:
-    such a fix, or one without a time, is stamped with the time it arrived (the
-    job still judges its own time).  The broker also refuses records stamped
-    far in the future.
+    The streaming job's watermark follows these times (per partition), so a
+    device whose clock runs ahead must not carry it forward: such a fix, or one
+    without a time, carries the time it arrived (the job still judges its own
+    time).
 
-    >>> record_time_ms(Fix(fix_time_ms=1_000), now_ms=5_000)
+    >>> event_time_ms(Fix(fix_time_ms=1_000), now_ms=5_000)
     1000
-    >>> record_time_ms(Fix(fix_time_ms=9_000), now_ms=5_000)
+    >>> event_time_ms(Fix(fix_time_ms=9_000), now_ms=5_000)
     5000
-    >>> record_time_ms(Fix(), now_ms=5_000)
+    >>> event_time_ms(Fix(), now_ms=5_000)
     5000
     """
     if 0 < fix.fix_time_ms <= now_ms:
@@ -172,9 +172,12 @@ class IngestService:
             (fix.device.encode(), fix.SerializeToString()) for _, fix in admitted
         ]
         now_ms = time.time_ns() // 1_000_000
-        stamps = [record_time_ms(fix, now_ms) for _, fix in admitted]
+        headers = [
+            [(FIX_TIME_HEADER, str(event_time_ms(fix, now_ms)).encode("ascii"))]
+            for _, fix in admitted
+        ]
         try:
-            await self.producer.send_many(self.topic, records, timestamps_ms=stamps)
+            await self.producer.send_many(self.topic, records, headers=headers)
         except KafkaUnavailable:
             self.kafka_failures += 1
             raise

@@ -33,7 +33,7 @@ from pyflink.table import StreamTableEnvironment, Table
 
 from pipeline.config import parse_motion_settings
 from pipeline.jars import ensure_jars
-from pipeline.kafka import EVENTS
+from pipeline.kafka import EVENTS, FIX_TIME_HEADER
 from pipeline.stream import results
 from pipeline.stream.functions import DeviceState, fix_row_type
 from pipeline.stream.job import (
@@ -205,10 +205,12 @@ def _sql_string(value: str) -> str:
 def _positions_ddl(options: JobOptions) -> str:
     """The ``positions`` topic: device (record key), payload and fix time.
 
-    Ingest keys each record by its device and stamps it with the fix time
-    (:func:`pipeline.ingest.service.record_time_ms`), so the watermark is computed
+    Ingest keys each record by its device and gives it the fix time in a header
+    (:data:`~pipeline.kafka.FIX_TIME_HEADER`, see
+    :func:`pipeline.ingest.service.event_time_ms`), so the watermark is computed
     in the JVM, per partition: the newest fix time read minus the lateness.  A
-    partition without records for :func:`_idle_timeout` stops holding it back.
+    record without a readable header counts at its Kafka timestamp.  A partition
+    without records for :func:`_idle_timeout` stops holding the watermark back.
     """
     startup = "earliest-offset" if options.from_beginning else "group-offsets"
     lateness_ms = round(options.lateness * 1000)
@@ -217,7 +219,14 @@ def _positions_ddl(options: JobOptions) -> str:
         CREATE TEMPORARY TABLE positions (
             device STRING,
             payload BYTES,
-            fix_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+            headers MAP<STRING, BYTES> METADATA VIRTUAL,
+            sent_time TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+            fix_time AS COALESCE(
+                TO_TIMESTAMP_LTZ(
+                    TRY_CAST(CAST(headers['{FIX_TIME_HEADER}'] AS STRING) AS BIGINT), 3
+                ),
+                sent_time
+            ),
             WATERMARK FOR fix_time AS fix_time - INTERVAL '{lateness}' SECOND
         ) WITH (
             'connector' = 'kafka',
