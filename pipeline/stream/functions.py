@@ -194,10 +194,15 @@ class DeviceState(KeyedProcessFunction):  # type: ignore[misc]
         fix_time_ms = fix[1]
         signature = position_signature(fix[3], fix[4])
         latest_ms = self._latest.value()
+        seen_signature = None
+        if latest_ms is not None and fix_time_ms <= latest_ms:
+            # Every remembered fix time is at most the newest: a fix in order
+            # cannot be a repeat, and skips a state read (a call into the JVM).
+            seen_signature = self._seen.get(fix_time_ms)
         verdict = judge(
             fix_time_ms,
             signature,
-            seen_signature=self._seen.get(fix_time_ms),
+            seen_signature=seen_signature,
             latest_ms=latest_ms,
         )
         if verdict.duplicate:
