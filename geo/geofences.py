@@ -43,6 +43,7 @@ tested in its new shape from the next fix on, with the usual dwell.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -84,6 +85,20 @@ MAX_REACH_M: Final = 1_000_000.0
 
 #: Extra room around every index box, in degrees (about 1 cm), against rounding.
 _BOX_MARGIN_DEG: Final = 1e-7
+
+#: Grid cells per degree for the index's memory of which geofences can hold a
+#: point of a cell (about 870 m of latitude a cell).  A power of two, so that a
+#: cell's bounds, ``i / 128``, are exact in floating point and hold every point
+#: that :func:`math.floor` put in the cell.
+_CELLS_PER_DEG: Final = 128
+
+#: More geofence items than this crossing one cell (a dense city of small
+#: geofences), and the index asks its tree about each point of the cell instead.
+_CROSSING_LIMIT: Final = 8
+
+#: How many cells an index remembers (least recently used first out): a few
+#: hundred bytes each, so some tens of megabytes at most.
+_CELLS_REMEMBERED: Final = 65_536
 
 Array = npt.NDArray[np.float64]
 Indices = npt.NDArray[np.intp]
@@ -692,6 +707,18 @@ class _Layer:
         """Whether one item holds a point; the tree's own test was exact."""
         return True
 
+    def holds_at(self, item: int, latitude: float, longitude: float) -> bool:
+        """Whether one item holds a point, without the tree's test."""
+        return self.holds(item, _unit_vector(latitude, longitude))
+
+    def covers(self, item: int, cell: Any) -> bool:
+        """Whether one item holds every point of a grid cell (a shapely box).
+
+        ``False`` is always safe: the points of the cell are then tested one by
+        one with :meth:`holds_at`.
+        """
+        return False
+
     def confirm(self, items: Indices, lats: Array, lons: Array) -> Bools:
         """Which candidate pairs are really inside; the tree's own test was exact."""
         return np.ones(len(items), dtype=bool)
@@ -702,6 +729,13 @@ class _PolygonLayer(_Layer):
         shapes = np.array([f.shape for _, f in polygons], dtype=object)
         owners = np.array([owner for owner, _ in polygons], dtype=np.intp)
         super().__init__(shapes, np.arange(len(polygons)), owners)
+        shapely.prepare(shapes)
+
+    def holds_at(self, item: int, latitude: float, longitude: float) -> bool:
+        return bool(shapely.intersects_xy(self.entries[item], longitude, latitude))
+
+    def covers(self, item: int, cell: Any) -> bool:
+        return bool(shapely.covers(self.entries[item], cell))
 
 
 class _CircleLayer(_Layer):
@@ -810,6 +844,9 @@ class GeofenceIndex(Mapping[str, Geofence]):
             for layer in self._layers
             for item in layer.item_of_entry.tolist()
         ]
+        self._cell_candidates = functools.lru_cache(maxsize=_CELLS_REMEMBERED)(
+            self._candidates_in_cell
+        )
 
     def __getitem__(self, fence_id: str) -> Geofence:
         return self._fences[fence_id]
@@ -832,7 +869,33 @@ class GeofenceIndex(Mapping[str, Geofence]):
         return GeofenceIndex(fences.values())
 
     def containing(self, latitude: float, longitude: float) -> frozenset[str]:
-        """Ids of the geofences that contain one point (inside or on the edge)."""
+        """Ids of the geofences that contain one point (inside or on the edge).
+
+        The index remembers, per grid cell (:data:`_CELLS_PER_DEG`), which
+        geofences cover the whole cell and which cross it: a vehicle stays in a
+        cell for many fixes and a fleet keeps to the same roads, so most fixes
+        cost a lookup and an exact test of only the geofences whose edge is near.
+        """
+        if not (math.isfinite(latitude) and math.isfinite(longitude)):
+            return frozenset()
+        remembered = self._cell_candidates(
+            math.floor(latitude * _CELLS_PER_DEG),
+            math.floor(longitude * _CELLS_PER_DEG),
+        )
+        if remembered is None:
+            return self._containing_by_tree(latitude, longitude)
+        covering, crossing = remembered
+        if not crossing:
+            return covering
+
+        found = set(covering)
+        for layer, item, fence_id in crossing:
+            if fence_id not in found and layer.holds_at(item, latitude, longitude):
+                found.add(fence_id)
+        return frozenset(found)
+
+    def _containing_by_tree(self, latitude: float, longitude: float) -> frozenset[str]:
+        """:meth:`containing` asked of the tree, for a cell crossed by many edges."""
         entries = self._tree.query(
             shapely.Point(longitude, latitude), predicate="intersects"
         )
@@ -843,6 +906,34 @@ class GeofenceIndex(Mapping[str, Geofence]):
             if layer.holds(item, vector):
                 found.add(self._ids[layer.owner_list[item]])
         return frozenset(found)
+
+    def _candidates_in_cell(
+        self, row: int, column: int
+    ) -> tuple[frozenset[str], tuple[tuple[_Layer, int, str], ...]] | None:
+        """Geofences covering a whole grid cell, and items that cross its box.
+
+        ``None`` when more than :data:`_CROSSING_LIMIT` items cross the cell:
+        testing each would cost more than asking the tree about the point.
+        """
+        cell = shapely.box(
+            column / _CELLS_PER_DEG,
+            row / _CELLS_PER_DEG,
+            (column + 1) / _CELLS_PER_DEG,
+            (row + 1) / _CELLS_PER_DEG,
+        )
+        covering: set[str] = set()
+        crossing: list[tuple[_Layer, int, str]] = []
+        for entry in self._tree.query(cell, predicate="intersects").tolist():
+            layer, item = self._entry_list[entry]
+            fence_id = self._ids[layer.owner_list[item]]
+            if layer.covers(item, cell):
+                covering.add(fence_id)
+            else:
+                crossing.append((layer, item, fence_id))
+        kept = tuple(c for c in crossing if c[2] not in covering)
+        if len(kept) > _CROSSING_LIMIT:
+            return None
+        return frozenset(covering), kept
 
     def containing_many(
         self, latitudes: Sequence[float] | Array, longitudes: Sequence[float] | Array

@@ -559,6 +559,41 @@ class TestIndex:
         assert many == [brute_force(fences, *p) for p in zip(lats, lons, strict=True)]
         assert sum(map(len, many)) > 20  # the case is not vacuous
 
+    def test_index_single_lookups_agree_with_brute_force_cell_by_cell(self) -> None:
+        """Points of one remembered grid cell each get their own answer.
+
+        The points are dense (a few per 870 m cell), some on cell bounds
+        (multiples of 1/128 degree), and asked twice, so that the second pass
+        answers from the remembered cells.
+        """
+        fences = city_fences(450)
+        index = GeofenceIndex(fences)
+        rng = np.random.default_rng(5)
+        lats = list(rng.uniform(48.05, 48.25, 400))
+        lons = list(rng.uniform(11.35, 11.75, 400))
+        lats += [round(lat * 128) / 128 for lat in lats[:50]]
+        lons += [round(lon * 128) / 128 for lon in lons[:50]]
+        points = list(zip(lats, lons, strict=True))
+        expected = [brute_force(fences, *p) for p in points]
+
+        first = [index.containing(*p) for p in points]
+        second = [index.containing(*p) for p in reversed(points)]
+
+        assert first == expected
+        assert second == expected[::-1]
+        assert sum(map(len, expected)) > 20  # the case is not vacuous
+
+    def test_index_cell_split_by_a_polygon_edge(self) -> None:
+        """A cell the square's edge crosses: one point in, one out, both right."""
+        index = GeofenceIndex([square(lon=11.503)])  # west edge at 11.503
+        lat = 48.105
+        inside, outside = 11.5031, 11.5029  # both in the cell 11.5 to 11.5078
+        assert math.floor(inside * 128) == math.floor(outside * 128)
+
+        assert index.containing(lat, inside) == {"yard"}
+        assert index.containing(lat, outside) == frozenset()
+        assert index.containing(lat, inside) == {"yard"}
+
     def test_index_point_on_a_polygon_edge_is_inside(self) -> None:
         index = GeofenceIndex([square()])
 
