@@ -123,10 +123,10 @@ def build_job(options: JobOptions) -> StreamExecutionEnvironment:
     tables = StreamTableEnvironment.create(env)
     tables.execute_sql(_positions_ddl(options))
     tables.execute_sql(_fixes_ddl(options))
-    tables.execute_sql(_live_ddl(options))
+    tables.execute_sql(_topic_sink_ddl(options, "live_sink", LIVE_TOPIC))
     for name, table, columns, key in _RESULT_SINKS:
         tables.execute_sql(_jdbc_ddl(options, name, table, columns, key))
-    tables.execute_sql(_events_topic_ddl(options))
+    tables.execute_sql(_topic_sink_ddl(options, "events_topic", EVENTS))
 
     lateness_ms = round(options.lateness * 1000)
     fleet = parse_motion_settings(options.motion_settings)
@@ -285,26 +285,17 @@ def _jdbc_ddl(
     """
 
 
-def _events_topic_ddl(options: JobOptions) -> str:
-    return f"""
-        CREATE TEMPORARY TABLE events_topic (device_key BYTES, payload BYTES) WITH (
-            'connector' = 'kafka',
-            'topic' = '{EVENTS}',
-            'properties.bootstrap.servers' = {_sql_string(options.kafka)},
-            'key.format' = 'raw',
-            'key.fields' = 'device_key',
-            'value.format' = 'raw',
-            'value.fields-include' = 'EXCEPT_KEY',
-            'sink.delivery-guarantee' = 'at-least-once'
-        )
+def _topic_sink_ddl(options: JobOptions, name: str, topic: str) -> str:
+    """A Kafka sink of ``(device_key, payload)`` records, keyed by device.
+
+    At least once: after a restore a record may come again, the same record
+    (a fix's device and time, an event's device, time and type) for a reader to
+    recognise.
     """
-
-
-def _live_ddl(options: JobOptions) -> str:
     return f"""
-        CREATE TEMPORARY TABLE live_sink (device_key BYTES, payload BYTES) WITH (
+        CREATE TEMPORARY TABLE {name} (device_key BYTES, payload BYTES) WITH (
             'connector' = 'kafka',
-            'topic' = '{LIVE_TOPIC}',
+            'topic' = '{topic}',
             'properties.bootstrap.servers' = {_sql_string(options.kafka)},
             'key.format' = 'raw',
             'key.fields' = 'device_key',
