@@ -56,6 +56,16 @@ FIX_TIME_HEADER = "fix-time-ms"
 #: Kafka headers of one record: ``(name, value)`` pairs.
 Headers = Sequence[tuple[str, bytes]]
 
+
+def fix_time_headers(fix_time_ms: int) -> list[tuple[str, bytes]]:
+    """The headers of a ``positions`` record whose fix time is ``fix_time_ms``.
+
+    >>> fix_time_headers(1_772_352_000_000)
+    [('fix-time-ms', b'1772352000000')]
+    """
+    return [(FIX_TIME_HEADER, str(fix_time_ms).encode("ascii"))]
+
+
 # How long a poll or consume call may block before checking whether to stop.
 POLL_INTERVAL_S = 0.1
 # Extra time send_many waits past delivery_timeout_s for librdkafka's own verdict

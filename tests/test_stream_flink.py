@@ -39,7 +39,7 @@ from geo.geofences import (
 from geo.summaries import summarise
 from geo.trips import Record, Trip, TripSettings, detect_trips
 from pipeline.ingest.service import event_time_ms
-from pipeline.kafka import EVENTS, FIX_TIME_HEADER
+from pipeline.kafka import EVENTS, FIX_TIME_HEADER, fix_time_headers
 from pipeline.model import Event, Fix
 from pipeline.notify.messages import decode_event
 from pipeline.services.postgres import SystemPostgres, run_coroutine
@@ -86,9 +86,7 @@ def _produce(
     (none when ``times`` is ``None``: the job then uses the Kafka time)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for index, (key, value) in enumerate(payloads):
-        headers = None
-        if times is not None:
-            headers = [(FIX_TIME_HEADER, str(times[index]).encode())]
+        headers = None if times is None else fix_time_headers(times[index])
         producer.produce(
             POSITIONS_TOPIC, key=key.encode(), value=value, headers=headers
         )

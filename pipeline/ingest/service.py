@@ -27,7 +27,12 @@ import structlog
 from pipeline.ingest.directory import DeviceDirectory
 from pipeline.ingest.limiter import DeviceRateLimiter
 from pipeline.ingest.payloads import Rejection
-from pipeline.kafka import FIX_TIME_HEADER, POSITIONS, Headers, KafkaUnavailable
+from pipeline.kafka import (
+    POSITIONS,
+    Headers,
+    KafkaUnavailable,
+    fix_time_headers,
+)
 from pipeline.model import Fix
 
 __all__ = [
@@ -58,8 +63,9 @@ class FixProducer(Protocol):
 
 
 def event_time_ms(fix: Fix, now_ms: int) -> int:
-    """The time a fix's record carries for the job (:data:`FIX_TIME_HEADER`):
-    its fix time, never ahead of now.
+    """The fix time a record carries for the job: its fix time, never ahead of now.
+
+    It goes in the :data:`~pipeline.kafka.FIX_TIME_HEADER` header.
 
     The streaming job's watermark follows these times (per partition), so a
     device whose clock runs ahead must not carry it forward: such a fix, or one
@@ -172,10 +178,7 @@ class IngestService:
             (fix.device.encode(), fix.SerializeToString()) for _, fix in admitted
         ]
         now_ms = time.time_ns() // 1_000_000
-        headers = [
-            [(FIX_TIME_HEADER, str(event_time_ms(fix, now_ms)).encode("ascii"))]
-            for _, fix in admitted
-        ]
+        headers = [fix_time_headers(event_time_ms(fix, now_ms)) for _, fix in admitted]
         try:
             await self.producer.send_many(self.topic, records, headers=headers)
         except KafkaUnavailable:

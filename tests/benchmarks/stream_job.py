@@ -55,7 +55,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from geo.fixes import FixPoint
 from geo.geofences import Geofence, GeofenceIndex, to_geojson
-from pipeline.kafka import EVENTS, FIX_TIME_HEADER, ensure_topics
+from pipeline.kafka import EVENTS, ensure_topics, fix_time_headers
 from pipeline.model import Fix
 from pipeline.notify.messages import decode_event
 from pipeline.ports import free_port
@@ -174,7 +174,7 @@ def produce(bootstrap: str, fixes: Sequence[FixPoint]) -> None:
             POSITIONS_TOPIC,
             key=fix.device.encode(),
             value=payload(fix),
-            headers=[(FIX_TIME_HEADER, str(fix.time_ms).encode())],  # as ingest does
+            headers=fix_time_headers(fix.time_ms),  # as ingest does
         )
         producer.poll(0)
     producer.flush(120)
@@ -348,7 +348,7 @@ def measure_latency(services: Services, samples: int) -> dict[str, float]:
                     POSITIONS_TOPIC,
                     key=device.encode(),
                     value=payload(fix),
-                    headers=[(FIX_TIME_HEADER, str(fix.time_ms).encode())],
+                    headers=fix_time_headers(fix.time_ms),
                     on_delivery=lambda error, _, acked=acked: acked.append(
                         time.monotonic()
                     ),
